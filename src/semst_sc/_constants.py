@@ -1,0 +1,70 @@
+"""Every AnnData key and default used by semst-sc, in one place.
+
+Public functions take these as keyword defaults (``key_added``, ``llm_key``, ``connectivity_key``, ...);
+no module spells a slot name as a string literal of its own.
+"""
+
+from __future__ import annotations
+
+
+class Key:
+    """Names of the AnnData slots that semst-sc reads and writes."""
+
+    class obsm:
+        spatial = "spatial"
+        llm = "X_llm"
+        semst = "X_semst"
+
+    class obsp:
+        spatial_conn = "spatial_connectivities"
+        spatial_dist = "spatial_distances"
+        feature_conn = "semst_feature_connectivities"
+
+    class obs:
+        domain = "semst_domain"
+
+    class layers:
+        scaled = "semst_scaled"
+
+    class var:
+        hvg = "semst_hvg"
+
+    class uns:
+        semst = "semst"
+        llm = "semst_llm"
+        spatial_graph = "spatial_neighbors"
+        feature_graph = "semst_feature_neighbors"
+        evaluation = "semst_evaluation"
+
+    @staticmethod
+    def colors(key: str) -> str:
+        """Where scanpy looks for the palette of the categorical column ``key``."""
+        return f"{key}_colors"
+
+
+class Default:
+    """Method defaults (see METHOD.md of the project for where each number comes from)."""
+
+    n_top_genes = 3000
+    min_cells = 100
+    scale_max = 10.0
+    target_sum = 1e4
+    spatial_k = 15
+    feature_k = 14
+    top_k_genes = 10
+    latent_dim = 128
+    hidden_dim = 256
+    n_epochs = 100
+    lr = 1e-3
+    weight_decay = 5e-4
+    gamma = 0.1
+    lambda_s = 0.1
+    seed = 0
+
+
+# Valid choices, used by validation to list the options in error messages.
+FUSIONS = ("fsm", "concat", "add", "cross_attention", "none")
+CLUSTER_METHODS = ("gmm", "kmeans", "leiden")
+SPATIAL_MODES = ("radius", "knn", "adaptive")
+GCN_NORMS = ("row", "sym")
+BACKENDS = ("torch", "dgl")

@@ -1,0 +1,217 @@
+"""Label-free clustering of an embedding into spatial domains.
+
+Everything here works on arrays; :func:`semst_sc.tl.domains` and :func:`semst_sc.tl.cluster` wrap it for
+AnnData. No ground-truth label is ever seen here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+from scanpy import logging as logg
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import silhouette_score
+from sklearn.mixture import GaussianMixture
+
+from .._constants import CLUSTER_METHODS
+from .._validation import check_choice
+
+#: Candidates tried when the number of domains is estimated.
+DEFAULT_K_RANGE = (2, 15)
+
+
+@dataclass
+class DomainSelection:
+    """The curve used to estimate the number of domains (higher score is better)."""
+
+    n_domains: np.ndarray
+    score: np.ndarray
+    criterion: str
+    chosen: int
+
+    def to_uns(self) -> dict:
+        return {
+            "n_domains": np.asarray(self.n_domains, dtype=np.int64),
+            "score": np.asarray(self.score, dtype=np.float64),
+            "criterion": self.criterion,
+            "chosen": int(self.chosen),
+        }
+
+
+@dataclass
+class ClusterResult:
+    labels: np.ndarray
+    n_domains: int
+    selection: DomainSelection | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _reduce(emb: np.ndarray, n_pcs: int | None, seed: int) -> np.ndarray:
+    """Centre and reduce the embedding with PCA (GraphST-style: mclust runs on a PCA of the embedding)."""
+    emb = np.asarray(emb, dtype=np.float64)
+    if n_pcs is None or n_pcs >= min(emb.shape):
+        return emb - emb.mean(axis=0)
+    return PCA(n_components=n_pcs, random_state=seed, svd_solver="full").fit_transform(emb)
+
+
+def _gmm(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    # mclust's EEE model = one full covariance matrix shared by all components ("tied").
+    gmm = GaussianMixture(
+        n_components=k, covariance_type="tied", random_state=seed, n_init=1, reg_covar=1e-6, max_iter=300
+    )
+    return gmm.fit_predict(x)
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
+
+
+def _knn_connectivities(x: np.ndarray, n_neighbors: int, seed: int) -> sp.csr_matrix:
+    from sklearn.neighbors import NearestNeighbors
+
+    n_neighbors = min(n_neighbors, x.shape[0] - 1)
+    nn = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(x)
+    idx = nn.kneighbors(return_distance=False)
+    rows = np.repeat(np.arange(x.shape[0]), idx.shape[1])
+    a = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, idx.ravel())), shape=(x.shape[0],) * 2)
+    a.setdiag(0)
+    a.eliminate_zeros()
+    return ((a + a.T) > 0).astype(np.float32).tocsr()
+
+
+def _leiden_labels(graph: sp.csr_matrix, resolution: float, seed: int) -> np.ndarray:
+    import igraph as ig
+    import leidenalg
+
+    coo = sp.triu(graph, k=1).tocoo()
+    g = ig.Graph(n=graph.shape[0], edges=list(zip(coo.row.tolist(), coo.col.tolist(), strict=True)))
+    part = leidenalg.find_partition(
+        g, leidenalg.RBConfigurationVertexPartition, resolution_parameter=resolution, seed=seed
+    )
+    return np.asarray(part.membership)
+
+
+def _merge_to_k(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Merge the smallest cluster into the one with the nearest centroid until ``k`` remain."""
+    labels = labels.copy()
+    while np.unique(labels).size > k:
+        ids, counts = np.unique(labels, return_counts=True)
+        small = ids[np.argmin(counts)]
+        cents = {i: x[labels == i].mean(axis=0) for i in ids}
+        others = [i for i in ids if i != small]
+        dist = [np.linalg.norm(cents[i] - cents[small]) for i in others]
+        labels[labels == small] = others[int(np.argmin(dist))]
+    return labels
+
+
+def _leiden(x: np.ndarray, k: int, seed: int, n_neighbors: int = 15, max_iter: int = 40) -> tuple[np.ndarray, dict]:
+    """Leiden with a bisection search on the resolution that lands on exactly ``k`` clusters."""
+    graph = _knn_connectivities(x, n_neighbors, seed)
+    lo, hi = 0.0, 3.0
+    best = None  # closest partition with more than k clusters, for the fallback
+    while _leiden_labels(graph, hi, seed).max() + 1 < k and hi < 50:
+        hi *= 2
+    for _ in range(max_iter):
+        mid = (lo + hi) / 2
+        labels = _leiden_labels(graph, mid, seed)
+        n = labels.max() + 1
+        if n == k:
+            return labels, {"resolution": mid, "exact": True}
+        if n < k:
+            lo = mid
+        else:
+            hi = mid
+            if best is None or n < best[1]:
+                best = (labels, n, mid)
+    if best is None:
+        raise RuntimeError(f"Leiden could not reach {k} clusters; use cluster_method='gmm' or 'kmeans'")
+    logg.warning(f"Leiden: no resolution gives exactly {k} clusters; merged {best[1]} down to {k}")
+    return _merge_to_k(x, best[0], k), {"resolution": best[2], "exact": False}
+
+
+def _relabel_by_size(labels: np.ndarray) -> np.ndarray:
+    """Relabel 0..K-1 by decreasing cluster size (ties by first occurrence), so names are stable."""
+    ids, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    order = sorted(range(ids.size), key=lambda i: (-counts[i], first[i]))
+    mapping = np.empty(ids.max() + 1, dtype=np.int64)
+    mapping[ids[order]] = np.arange(ids.size)
+    return mapping[labels]
+
+
+def cluster_embedding(
+    emb: np.ndarray,
+    n_domains: int,
+    *,
+    method: str = "gmm",
+    n_pcs: int | None = 20,
+    seed: int = 0,
+) -> tuple[np.ndarray, dict]:
+    """Cluster ``emb`` (N x d) into exactly ``n_domains`` clusters; labels 0..K-1, largest first."""
+    check_choice("cluster_method", method, CLUSTER_METHODS)
+    x = _reduce(emb, n_pcs, seed)
+    info: dict = {}
+    if method == "gmm":
+        labels = _gmm(x, n_domains, seed)
+    elif method == "kmeans":
+        labels = _kmeans(x, n_domains, seed)
+    else:
+        labels, info = _leiden(x, n_domains, seed)
+    if np.unique(labels).size < n_domains:
+        # A Gaussian mixture can leave a component empty; report it rather than hide it.
+        logg.warning(
+            f"{method} returned {np.unique(labels).size} non-empty clusters out of {n_domains} requested"
+        )
+    return _relabel_by_size(labels), info
+
+
+def estimate_n_domains(
+    emb: np.ndarray,
+    *,
+    k_range: tuple[int, int] = DEFAULT_K_RANGE,
+    method: str = "gmm",
+    n_pcs: int | None = 20,
+    seed: int = 0,
+    sample_size: int = 3000,
+) -> DomainSelection:
+    """Estimate the number of domains by the silhouette of the clustering for each candidate K.
+
+    For every K in ``k_range`` (inclusive) the embedding is clustered with ``method`` and the silhouette
+    coefficient is computed on a fixed random subsample of at most ``sample_size`` spots (so the cost stays
+    linear in N). The K with the highest silhouette is chosen. No label is used.
+    """
+    kmin, kmax = k_range
+    n = emb.shape[0]
+    kmax = min(kmax, n - 1)
+    if kmin < 2 or kmax < kmin:
+        raise ValueError(f"k_range must satisfy 2 <= min <= max < n_spots, got {k_range} for {n} spots")
+    x = _reduce(emb, n_pcs, seed)
+    ks, scores = [], []
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(n, size=min(n, sample_size), replace=False)
+    for k in range(kmin, kmax + 1):
+        labels, _ = cluster_embedding(x, k, method=method, n_pcs=None, seed=seed)
+        if np.unique(labels[sample]).size < 2:
+            score = -1.0
+        else:
+            score = float(silhouette_score(x[sample], labels[sample]))
+        ks.append(k)
+        scores.append(score)
+    chosen = ks[int(np.argmax(scores))]
+    return DomainSelection(np.array(ks), np.array(scores), "silhouette", chosen)
+
+
+def smooth_labels(labels: np.ndarray, adjacency: sp.spmatrix) -> np.ndarray:
+    """Majority vote of each spot's label over itself and its spatial neighbours (ties keep the own label)."""
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    k = int(labels.max()) + 1
+    onehot = sp.csr_matrix((np.ones(n, dtype=np.float32), (np.arange(n), labels)), shape=(n, k))
+    a = (sp.csr_matrix(adjacency) != 0).astype(np.float32)
+    votes = (a @ onehot + onehot).tocsr()
+    # own label wins ties: give it a tiny bonus
+    votes = votes + onehot * 0.5
+    out = np.asarray(votes.argmax(axis=1)).ravel()
+    return out.astype(labels.dtype)
