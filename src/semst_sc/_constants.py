@@ -35,6 +35,7 @@ class Key:
         spatial_graph = "spatial_neighbors"
         feature_graph = "semst_feature_neighbors"
         evaluation = "semst_evaluation"
+        spatial = "spatial"  # squidpy / scanpy: per-library images and scale factors of Visium data
 
     @staticmethod
     def colors(key: str) -> str:
@@ -68,3 +69,10 @@ CLUSTER_METHODS = ("gmm", "kmeans", "leiden")
 SPATIAL_MODES = ("radius", "knn", "adaptive")
 GCN_NORMS = ("row", "sym")
 BACKENDS = ("torch", "dgl")
+
+# Semantic embedding (semst.tl.semantic_embedding).
+LLM_MODES = ("prompt", "gene")
+LLM_RANKINGS = ("scaled", "lognorm")
+LLM_POOLINGS = ("mean", "last")
+LLM_DEFAULT_BATCH_SIZE = 32
+LLM_CACHE_ENV = "SEMST_CACHE_DIR"

@@ -1,0 +1,266 @@
+"""Input checks that raise before any work is done, with messages that say how to fix the input.
+
+Conventions: ``TypeError`` for a wrong type, ``KeyError`` for a missing slot (naming the function that
+makes it), ``ValueError`` for bad values. No check modifies the AnnData it looks at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+from scipy import sparse
+
+from ._constants import Key
+
+# Elements checked per block when scanning the values of a count matrix, so that the temporary arrays of
+# the checks stay small (a few tens of MB) however large the matrix is.
+_BLOCK = 1 << 22
+
+
+def check_anndata(adata: Any, *, fn: str) -> None:
+    """Check that ``adata`` is a real (non-view) AnnData with unique names.
+
+    Parameters
+    ----------
+    adata
+        The object handed to a public function.
+    fn
+        Name of that function, used in the messages (``'semst.gr.spatial_graph'``).
+
+    Raises
+    ------
+    TypeError
+        ``adata`` is not an :class:`~anndata.AnnData`.
+    ValueError
+        ``adata`` is a view, or its ``obs_names`` / ``var_names`` are not unique.
+    """
+    if not isinstance(adata, AnnData):
+        raise TypeError(
+            f"{fn} expects an anndata.AnnData, got {type(adata).__module__}.{type(adata).__name__}. "
+            "Read your data with scanpy.read_h5ad / semst.datasets.read_visium first."
+        )
+    if adata.is_view:
+        raise ValueError(
+            f"{fn} got a view of an AnnData (adata[mask] without .copy()). Writing results into a view "
+            "would silently copy it; call `.copy()` first, e.g. `adata = adata[mask].copy()`."
+        )
+    for axis, names, fix in (
+        ("var_names", adata.var_names, "adata.var_names_make_unique()"),
+        ("obs_names", adata.obs_names, "adata.obs_names_make_unique()"),
+    ):
+        if not names.is_unique:
+            dup = names[names.duplicated()].unique()
+            shown = ", ".join(map(str, dup[:5])) + (", ..." if len(dup) > 5 else "")
+            raise ValueError(
+                f"{fn}: adata.{axis} has {len(dup)} duplicated name(s) ({shown}). Make them unique with "
+                f"`{fix}` before calling it."
+            )
+
+
+def check_choice(name: str, value: Any, options: Iterable[Any]) -> None:
+    """Raise a ``ValueError`` listing the valid options when ``value`` is not one of them."""
+    options = tuple(options)
+    if value not in options:
+        valid = ", ".join(repr(o) for o in options)
+        raise ValueError(f"{name}={value!r} is not a valid choice; use one of {valid}.")
+
+
+def check_n_neighbors(n_obs: int, k: Any, what: str) -> int:
+    """Check a neighbour count ``k`` against the number of spots ``n_obs``.
+
+    Parameters
+    ----------
+    n_obs
+        Number of spots the graph is built on (the smallest slice when slices are kept apart).
+    k
+        Requested number of neighbours.
+    what
+        What the neighbours are for, used in the message (``'the feature graph'``).
+
+    Returns
+    -------
+    ``k`` as a Python ``int``.
+    """
+    if isinstance(k, bool) or not isinstance(k, Integral):
+        raise TypeError(f"the number of neighbours for {what} must be an integer, got {k!r}.")
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"the number of neighbours for {what} must be at least 1, got {k}.")
+    if n_obs <= k:
+        raise ValueError(
+            f"{what} asks for {k} neighbours per spot but there are only {n_obs} spots; it needs at least "
+            f"{k + 1}. Use fewer neighbours (n_neighbors <= {max(n_obs - 1, 0)}) or more spots."
+        )
+    return k
+
+
+def check_spatial(adata: AnnData, spatial_key: str = Key.obsm.spatial) -> np.ndarray:
+    """Return the spot coordinates of ``adata`` as a float64 array, checking shape and values.
+
+    Raises
+    ------
+    KeyError
+        ``adata.obsm[spatial_key]`` is missing.
+    TypeError
+        The coordinates are not numeric.
+    ValueError
+        The coordinates are not N x 2 or N x 3, or contain NaN / infinite values.
+    """
+    if spatial_key not in adata.obsm:
+        present = ", ".join(map(repr, adata.obsm.keys())) or "none"
+        raise KeyError(
+            f"no spatial coordinates in adata.obsm[{spatial_key!r}] (obsm keys present: {present}). Put an "
+            f"N x 2 array of spot positions there, e.g. `adata.obsm[{spatial_key!r}] = "
+            "adata.obs[['x', 'y']].to_numpy()`; 10x Visium folders read with semst.datasets.read_visium "
+            "or squidpy.read.visium have it already."
+        )
+    coords = adata.obsm[spatial_key]
+    coords = coords.to_numpy() if hasattr(coords, "to_numpy") else coords
+    if sparse.issparse(coords):
+        raise TypeError(
+            f"adata.obsm[{spatial_key!r}] is a sparse matrix; store the coordinates as a dense array."
+        )
+    coords = np.asarray(coords)
+    if coords.dtype.kind not in "iuf":
+        raise TypeError(
+            f"adata.obsm[{spatial_key!r}] must hold numbers, got dtype {coords.dtype}. Convert it with "
+            f"`adata.obsm[{spatial_key!r}] = adata.obsm[{spatial_key!r}].astype(float)`."
+        )
+    if coords.ndim != 2 or coords.shape[1] not in (2, 3):
+        raise ValueError(
+            f"adata.obsm[{spatial_key!r}] has shape {coords.shape}; spatial coordinates must be N x 2 "
+            "(x, y) or N x 3 (x, y, z)."
+        )
+    bad = ~np.isfinite(coords).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"adata.obsm[{spatial_key!r}] has NaN or infinite coordinates for {int(bad.sum())} spot(s) "
+            f"(first: {adata.obs_names[np.flatnonzero(bad)[0]]!r}). Drop those spots, e.g. "
+            f"`adata = adata[np.isfinite(adata.obsm[{spatial_key!r}]).all(1)].copy()`."
+        )
+    return coords.astype(np.float64, copy=False)
+
+
+def check_obsm(adata: AnnData, key: str, *, n_obs: int, made_by: str) -> np.ndarray:
+    """Return ``adata.obsm[key]`` as a dense array after checking it exists, has ``n_obs`` rows and no NaN.
+
+    Parameters
+    ----------
+    adata
+        The AnnData.
+    key
+        Key in :attr:`anndata.AnnData.obsm`.
+    n_obs
+        Expected number of rows.
+    made_by
+        The function that writes this key, named in the ``KeyError``.
+    """
+    if key not in adata.obsm:
+        raise KeyError(f"adata.obsm[{key!r}] is missing; it is made by {made_by} (run it first).")
+    value = adata.obsm[key]
+    value = value.to_numpy() if hasattr(value, "to_numpy") else value
+    value = value.toarray() if sparse.issparse(value) else np.asarray(value)
+    if value.dtype.kind not in "iuf":
+        raise TypeError(f"adata.obsm[{key!r}] must hold numbers, got dtype {value.dtype}.")
+    if value.ndim != 2 or value.shape[0] != n_obs:
+        raise ValueError(
+            f"adata.obsm[{key!r}] has shape {value.shape}; expected {n_obs} rows (one per spot). "
+            f"Recompute it with {made_by}."
+        )
+    if not np.isfinite(value).all():
+        raise ValueError(f"adata.obsm[{key!r}] contains NaN or infinite values; recompute it with {made_by}.")
+    return value
+
+
+def _blocks(values: np.ndarray) -> Iterable[np.ndarray]:
+    for start in range(0, values.size, _BLOCK):
+        yield values[start : start + _BLOCK]
+
+
+def _check_count_values(values: np.ndarray, where: str) -> None:
+    """Raise on NaN, infinite, negative or non-integer entries of a flat array of stored values."""
+    advice = (
+        "semst expects raw integer UMI counts in adata.X; pass layer='counts' if they are in a layer, or "
+        "use the preprocessed path (use_hvg / layer=) of tl.domains"
+    )
+    if values.dtype.kind in "iu":
+        if values.dtype.kind == "i" and values.size and values.min() < 0:
+            raise ValueError(f"{where} has negative values. {advice}.")
+        return
+    if values.dtype.kind != "f":
+        raise TypeError(f"{where} has dtype {values.dtype}; counts must be numbers. {advice}.")
+    for block in _blocks(values):
+        if not np.isfinite(block).all():
+            raise ValueError(f"{where} contains NaN or infinite values. {advice}.")
+        if (block < 0).any():
+            raise ValueError(f"{where} has negative values (log-transformed or scaled data?). {advice}.")
+        if (block != np.floor(block)).any():
+            raise ValueError(
+                f"{where} has non-integer values (normalised or log-transformed data?). {advice}."
+            )
+
+
+def get_counts(adata: AnnData, layer: str | None = None) -> sparse.csr_matrix:
+    """Return the raw counts of ``adata`` as a float32 CSR matrix, after checking them.
+
+    The check scans only the stored values of a sparse matrix, in blocks, so it stays cheap on millions of
+    spots. When the counts are already float32 CSR the returned matrix shares memory with ``adata``:
+    treat it as read-only. ``adata`` is never modified.
+
+    Parameters
+    ----------
+    adata
+        The AnnData.
+    layer
+        Layer with the counts; ``None`` reads ``adata.X``.
+
+    Raises
+    ------
+    KeyError
+        ``layer`` is not a layer of ``adata``.
+    TypeError
+        The matrix does not hold numbers.
+    ValueError
+        NaN, infinite, negative or non-integer values; no genes or no spots; spots without any count.
+    """
+    if layer is None:
+        X, where = adata.X, "adata.X"
+        if X is None:
+            raise ValueError("adata.X is empty (None); put the raw counts in adata.X or pass layer=.")
+    else:
+        if layer not in adata.layers:
+            present = ", ".join(map(repr, adata.layers.keys())) or "none"
+            raise KeyError(
+                f"layer {layer!r} not found in adata.layers (layers present: {present}). Pass layer=None "
+                "to use adata.X."
+            )
+        X, where = adata.layers[layer], f"adata.layers[{layer!r}]"
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"{where} has shape {adata.shape}; it needs at least one spot and one gene.")
+
+    if sparse.issparse(X):
+        _check_count_values(X.data, where)
+        counts = sparse.csr_matrix(X) if X.format != "csr" else X
+    else:
+        arr = np.asarray(X)
+        _check_count_values(arr.reshape(-1), where)
+        counts = sparse.csr_matrix(arr)
+    if counts.dtype != np.float32:
+        counts = counts.astype(np.float32)
+    if not isinstance(counts, sparse.csr_matrix):  # csr_array or another subclass: same buffers, our type
+        counts = sparse.csr_matrix(counts)
+
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    empty = totals <= 0
+    if empty.any():
+        n_empty = int(empty.sum())
+        first = adata.obs_names[np.flatnonzero(empty)[0]]
+        raise ValueError(
+            f"{n_empty} of {adata.n_obs} spots have no counts at all in {where} (first: {first!r}). "
+            "Remove them first, e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
+        )
+    return counts
