@@ -1,0 +1,287 @@
+"""Tests of semst_sc._train: devices, seeding, the training loop, determinism, memory, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+from sklearn.neighbors import kneighbors_graph, radius_neighbors_graph
+
+from semst_sc import _train as tr
+from semst_sc.nn import SemSTModule
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread in these tests: fast and stable on a busy 2-core machine (restored afterwards)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def _scale(counts: np.ndarray) -> np.ndarray:
+    """METHOD.md preprocessing in numpy: per-spot total to 1e4, divide genes by their std, clip at 10."""
+    x = counts / np.maximum(counts.sum(1, keepdims=True), 1) * 1e4
+    sd = x.std(0, ddof=1)
+    x = x / np.where(sd > 0, sd, 1)
+    return np.minimum(x, 10.0).astype(np.float32)
+
+
+def _tissue(n_rows: int = 15, n_cols: int = 20, n_genes: int = 40, seed: int = 0):
+    """A synthetic two-domain tissue: left and right halves express different marker genes."""
+    rng = np.random.default_rng(seed)
+    r, c = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+    coords = np.c_[r.ravel(), c.ravel()].astype(float)
+    domain = (coords[:, 1] >= n_cols // 2).astype(int)
+    rate = np.full((len(coords), n_genes), 0.5)
+    rate[domain == 0, :10] = 3.0
+    rate[domain == 1, 10:20] = 3.0
+    counts = rng.poisson(rate * rng.uniform(0.7, 1.3, (len(coords), 1))).astype(np.float32)
+    x = _scale(counts)
+    a_spa = radius_neighbors_graph(coords, 1.5, include_self=True)
+    a_fea = kneighbors_graph(x, 5, metric="cosine")
+    a_fea = ((a_fea + a_fea.T) > 0).astype(np.float32)
+    return sp.csr_matrix(x), sp.csr_matrix(a_spa), sp.csr_matrix(a_fea), counts, domain
+
+
+def _inputs(llm_dim: int | None = 6, seed: int = 0, **kw) -> tuple[tr.TrainInputs, np.ndarray]:
+    x, a_spa, a_fea, _, domain = _tissue(seed=seed, **kw)
+    h = (
+        None
+        if llm_dim is None
+        else np.random.default_rng(1).normal(size=(x.shape[0], llm_dim)).astype(np.float32)
+    )
+    return tr.TrainInputs(x, a_spa, a_fea, x, a_spa, h_llm=h), domain
+
+
+def _module(n_genes: int = 40, llm_dim: int | None = 6, seed: int = 0, **kw) -> SemSTModule:
+    tr.seed_everything(seed)
+    fusion = kw.pop("fusion", "fsm" if llm_dim else "none")
+    return SemSTModule(n_genes, llm_dim, hidden=32, latent=16, fusion=fusion, **kw)
+
+
+# -- devices and seeds --------------------------------------------------------------------------------------
+def test_resolve_device():
+    assert tr.resolve_device("cpu") == torch.device("cpu")
+    assert tr.resolve_device(torch.device("cpu")).type == "cpu"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert tr.resolve_device(None).type == expected
+    with pytest.raises(ValueError, match="Unknown device"):
+        tr.resolve_device("gpu0")
+    with pytest.raises(TypeError):
+        tr.resolve_device(3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_resolve_device_cuda_unavailable_is_a_clear_error():
+    for dev in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match=r"torch\.cuda\.is_available\(\) is False.*device='cpu'"):
+            tr.resolve_device(dev)
+
+
+@pytest.mark.skipif(
+    getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(), reason="has MPS"
+)
+def test_resolve_device_mps_unavailable():
+    with pytest.raises(ValueError, match="MPS"):
+        tr.resolve_device("mps")
+
+
+def test_seed_everything_validates_and_seeds():
+    tr.seed_everything(3)
+    a = (np.random.rand(), torch.rand(1).item())  # noqa: NPY002 - the legacy global generator is seeded
+    tr.seed_everything(3)
+    assert a == (np.random.rand(), torch.rand(1).item())  # noqa: NPY002
+    with pytest.raises(TypeError):
+        tr.seed_everything(1.5)
+    with pytest.raises(ValueError):
+        tr.seed_everything(-1)
+
+
+# -- training -----------------------------------------------------------------------------------------------
+def test_short_training_decreases_the_loss_and_separates_the_domains():
+    inputs, domain = _inputs()
+    mod = _module()
+    hist = tr.train(mod, inputs, n_epochs=30, device="cpu", seed=0, progress=False)
+    assert set(hist) >= {"loss", "zinb", "cr", "spatial", "seconds", "stopped_epoch", "early_stopped"}
+    assert hist["stopped_epoch"] == 30 and len(hist["loss"]) == 30
+    assert all(np.isfinite(hist[k]).all() for k in ("loss", "zinb", "cr", "spatial"))
+    assert hist["loss"][-1] < 0.9 * hist["loss"][0]
+    assert hist["zinb"][-1] < hist["zinb"][0]
+    emb = tr.embed(mod, inputs, device="cpu")
+    assert emb.shape == (300, 16) and emb.dtype == np.float32
+    labels = KMeans(2, n_init=10, random_state=0).fit_predict(emb)
+    assert adjusted_rand_score(domain, labels) > 0.8  # evaluation only; labels never reach training
+
+
+def test_training_is_bitwise_deterministic_on_cpu():
+    inputs, _ = _inputs()
+    embs, hists = [], []
+    for _ in range(2):
+        mod = _module(seed=7)
+        hists.append(tr.train(mod, inputs, n_epochs=8, device="cpu", seed=7, progress=False))
+        embs.append(tr.embed(mod, inputs, device="cpu"))
+    assert np.array_equal(embs[0], embs[1])
+    assert np.array_equal(hists[0]["loss"], hists[1]["loss"])
+    other = _module(seed=8)
+    tr.train(other, inputs, n_epochs=8, device="cpu", seed=8, progress=False)
+    assert not np.array_equal(embs[0], tr.embed(other, inputs, device="cpu"))
+
+
+def test_training_restores_deterministic_flag():
+    before = torch.are_deterministic_algorithms_enabled()
+    inputs, _ = _inputs()
+    tr.train(_module(), inputs, n_epochs=1, device="cpu", progress=False)
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+@pytest.mark.parametrize("fusion", ["concat", "add", "cross_attention", "none"])
+def test_training_runs_with_every_fusion(fusion):
+    inputs, _ = _inputs(llm_dim=None if fusion == "none" else 8)
+    mod = _module(llm_dim=None if fusion == "none" else 8, fusion=fusion)
+    hist = tr.train(mod, inputs, n_epochs=3, device="cpu", progress=False)
+    assert np.isfinite(hist["loss"]).all()
+
+
+def test_counts_mode_and_sparse_x_path():
+    x, a_spa, a_fea, counts, _ = _tissue()
+    sf = counts.sum(1) / np.median(counts.sum(1))
+    inputs = tr.TrainInputs(x, a_spa, a_fea, sp.csr_matrix(counts), a_spa, size_factors=sf)
+    mod = _module(llm_dim=None, decoder="counts")
+    old = tr.SPARSE_X_MAX_DENSITY
+    try:
+        tr.SPARSE_X_MAX_DENSITY = 1.0  # force the sparse x @ W path
+        hist = tr.train(mod, inputs, n_epochs=15, device="cpu", progress=False)
+    finally:
+        tr.SPARSE_X_MAX_DENSITY = old
+    assert hist["loss"][-1] < hist["loss"][0]
+    with pytest.raises(ValueError, match="size_factors"):
+        tr.train(_module(llm_dim=None), inputs, n_epochs=1, progress=False)
+
+
+def test_early_stopping_is_label_free_and_configurable():
+    inputs, _ = _inputs()
+    hist = tr.train(
+        _module(),
+        inputs,
+        n_epochs=200,
+        device="cpu",
+        progress=False,
+        early_stopping={"patience": 3, "tol": 0.05, "min_epochs": 5},
+    )
+    assert hist["early_stopped"] and hist["stopped_epoch"] < 200
+    assert len(hist["loss"]) == hist["stopped_epoch"]
+    with pytest.raises(ValueError, match="patience"):
+        tr.train(_module(), inputs, n_epochs=2, progress=False, early_stopping={"wait": 3})
+
+
+def test_callback_can_stop_training():
+    inputs, _ = _inputs()
+    seen = []
+
+    def cb(epoch, losses):
+        seen.append((epoch, sorted(losses)))
+        return epoch == 2
+
+    hist = tr.train(_module(), inputs, n_epochs=10, device="cpu", progress=False, callback=cb)
+    assert hist["stopped_epoch"] == 3 and not hist["early_stopped"]
+    assert seen[0] == (0, ["cr", "loss", "spatial", "zinb"])
+
+
+def test_bad_inputs_are_clear_errors():
+    inputs, _ = _inputs()
+    mod = _module()
+    with pytest.raises(ValueError, match="h_llm"):
+        tr.train(
+            mod,
+            tr.TrainInputs(inputs.x, inputs.adj_spa, inputs.adj_fea, inputs.x, inputs.adj_spa),
+            n_epochs=1,
+        )
+    bad = np.asarray(inputs.h_llm).copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        tr.train(
+            mod,
+            tr.TrainInputs(inputs.x, inputs.adj_spa, inputs.adj_fea, inputs.x, inputs.adj_spa, h_llm=bad),
+            n_epochs=1,
+        )
+    with pytest.raises(ValueError, match="one row per spot"):
+        tr.train(
+            mod,
+            tr.TrainInputs(inputs.x, inputs.adj_spa, inputs.adj_fea, inputs.x, inputs.adj_spa, h_llm=bad[:5]),
+            n_epochs=1,
+        )
+    with pytest.raises(TypeError, match="scipy sparse"):
+        tr.train(
+            mod,
+            tr.TrainInputs(inputs.x, inputs.adj_spa.toarray(), inputs.adj_fea, inputs.x, inputs.adj_spa),
+            n_epochs=1,
+        )
+    with pytest.raises(ValueError, match="n_epochs"):
+        tr.train(mod, inputs, n_epochs=0)
+    with pytest.raises(ValueError, match="genes"):
+        tr.train(_module(n_genes=41), inputs, n_epochs=1)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            tr.train(mod, inputs, n_epochs=1, device="cuda")
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    inputs, _ = _inputs()
+    mod = _module()
+    hist = tr.train(mod, inputs, n_epochs=3, device="cpu", progress=False)
+    path = tr.save_checkpoint(tmp_path / "m.pt", mod, history=hist, extra={"seed": 0})
+    clone, hist2, extra = tr.load_checkpoint(path)
+    assert extra == {"seed": 0}
+    np.testing.assert_array_equal(hist2["loss"], hist["loss"])
+    np.testing.assert_array_equal(tr.embed(clone, inputs, "cpu"), tr.embed(mod, inputs, "cpu"))
+    with pytest.raises(FileNotFoundError):
+        tr.load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.slow
+def test_memory_stays_linear_in_the_number_of_spots():
+    """30k spots: an N x N float32 matrix would be 3.6 GB (bool: 0.9 GB); the peak must grow far less."""
+    script = textwrap.dedent(
+        """
+        import json, resource, sys
+        import numpy as np, scipy.sparse as sp, torch
+        from sklearn.neighbors import kneighbors_graph
+        from semst_sc import _train as tr
+        from semst_sc.nn import SemSTModule
+        torch.set_num_threads(1)
+        n, m = 30000, 16
+        rng = np.random.default_rng(0)
+        coords = rng.uniform(0, 180, (n, 2))
+        x = rng.poisson(1.0, (n, m)).astype(np.float32)
+        a_spa = kneighbors_graph(coords, 8)
+        a_spa = ((a_spa + a_spa.T) > 0).astype(np.float32)
+        a_fea = kneighbors_graph(x, 5)
+        a_fea = ((a_fea + a_fea.T) > 0).astype(np.float32)
+        h = rng.normal(size=(n, 8)).astype(np.float32)
+        inputs = tr.TrainInputs(sp.csr_matrix(x), a_spa, a_fea, sp.csr_matrix(x), a_spa, h_llm=h)
+        tr.seed_everything(0)
+        mod = SemSTModule(m, 8, hidden=32, latent=16)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak so far: data and imports
+        hist = tr.train(mod, inputs, n_epochs=3, device="cpu", progress=False)
+        emb = tr.embed(mod, inputs, "cpu")
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({"growth_mb": (after - before) / 1024, "finite": bool(np.isfinite(emb).all()),
+                          "loss": float(hist["loss"][-1])}))
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["finite"]
+    assert out["growth_mb"] < 600, out  # N x N float32 = 3600 MB, bool = 900 MB; linear: ~0.3 GB
