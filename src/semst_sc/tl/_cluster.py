@@ -107,7 +107,9 @@ def _merge_to_k(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return labels
 
 
-def _leiden(x: np.ndarray, k: int, seed: int, n_neighbors: int = 15, max_iter: int = 40) -> tuple[np.ndarray, dict]:
+def _leiden(
+    x: np.ndarray, k: int, seed: int, n_neighbors: int = 15, max_iter: int = 40
+) -> tuple[np.ndarray, dict]:
     """Leiden with a bisection search on the resolution that lands on exactly ``k`` clusters."""
     graph = _knn_connectivities(x, n_neighbors, seed)
     lo, hi = 0.0, 3.0
@@ -149,7 +151,29 @@ def cluster_embedding(
     n_pcs: int | None = 20,
     seed: int = 0,
 ) -> tuple[np.ndarray, dict]:
-    """Cluster ``emb`` (N x d) into exactly ``n_domains`` clusters; labels 0..K-1, largest first."""
+    """Cluster an embedding into exactly ``n_domains`` clusters, label-free.
+
+    Parameters
+    ----------
+    emb
+        Embedding, N x d (e.g. ``obsm['X_semst']``).
+    n_domains
+        Number of clusters.
+    method
+        ``'gmm'`` (Gaussian mixture with one shared full covariance, mclust's EEE), ``'kmeans'`` or
+        ``'leiden'`` (resolution searched by bisection to give exactly ``n_domains``).
+    n_pcs
+        Components of the PCA run before clustering (``None``: centre only).
+    seed
+        Random state of the PCA and of the clustering.
+
+    Returns
+    -------
+    labels
+        Integer labels ``0..K-1``, ordered by decreasing cluster size.
+    info
+        Extra facts about the run (for Leiden: the resolution used and whether it was exact).
+    """
     check_choice("cluster_method", method, CLUSTER_METHODS)
     x = _reduce(emb, n_pcs, seed)
     info: dict = {}
@@ -181,6 +205,22 @@ def estimate_n_domains(
     For every K in ``k_range`` (inclusive) the embedding is clustered with ``method`` and the silhouette
     coefficient is computed on a fixed random subsample of at most ``sample_size`` spots (so the cost stays
     linear in N). The K with the highest silhouette is chosen. No label is used.
+
+    Parameters
+    ----------
+    emb
+        Embedding, N x d.
+    k_range
+        Smallest and largest candidate, inclusive.
+    method, n_pcs, seed
+        As in :func:`cluster_embedding`.
+    sample_size
+        Spots used for the silhouette (a fixed random subsample).
+
+    Returns
+    -------
+    DomainSelection
+        Candidates, their scores (higher is better), the criterion's name and the chosen number.
     """
     kmin, kmax = k_range
     n = emb.shape[0]
@@ -204,7 +244,20 @@ def estimate_n_domains(
 
 
 def smooth_labels(labels: np.ndarray, adjacency: sp.spmatrix) -> np.ndarray:
-    """Majority vote of each spot's label over itself and its spatial neighbours (ties keep the own label)."""
+    """Majority vote of each spot's label over itself and its spatial neighbours.
+
+    Parameters
+    ----------
+    labels
+        Integer labels ``0..K-1``, one per spot.
+    adjacency
+        Spatial graph (N x N, sparse); non-zero entries are neighbours.
+
+    Returns
+    -------
+    numpy.ndarray
+        The smoothed labels; a tie keeps the spot's own label.
+    """
     labels = np.asarray(labels)
     n = labels.shape[0]
     k = int(labels.max()) + 1

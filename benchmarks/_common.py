@@ -1,0 +1,71 @@
+"""Shared bits of the benchmark scripts: datasets, a subprocess runner that measures peak memory, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SEMST_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+#: name -> (file, truth column, number of domains)
+DATASETS = {
+    "dlpfc_151673": ("dlpfc_151673.h5ad", "layer_guess_reordered", 7),
+    "starmap_mvc": ("starmap_mvc.h5ad", "smoothed_manual", 7),
+    "osmfish_sscortex": ("osmfish_sscortex.h5ad", "Region", 11),
+}
+
+
+def load(name: str):
+    import anndata as ad
+
+    file, truth, k = DATASETS[name]
+    path = SHARED / file
+    if not path.exists():
+        raise SystemExit(f"{path} not found: set SEMST_SHARED_DATA to the folder with the datasets")
+    return ad.read_h5ad(path), truth, k
+
+
+def run_json(code: str, timeout: float = 3600) -> dict:
+    """Run ``code`` in a fresh interpreter; it must print one JSON object as its last stdout line.
+
+    Peak memory is the child's maximum resident set size, so each measurement starts from a clean process.
+    """
+    wrapper = (
+        "import json, resource, sys\n"
+        + code
+        + "\nres['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        + "print(json.dumps(res))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if out.returncode != 0:
+        return {
+            "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+        }
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    """A markdown table of ``rows`` restricted to ``cols`` (floats rounded)."""
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def mean_std(values) -> str:
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    return f"{v.mean():.3f} ± {v.std():.3f}" if v.size > 1 else (f"{v[0]:.3f}" if v.size else "-")

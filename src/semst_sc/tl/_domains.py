@@ -1,0 +1,236 @@
+"""``semst.tl.domains``: the one call that turns counts and coordinates into spatial domains."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scanpy import logging as logg
+
+from .._constants import CLUSTER_METHODS, FUSIONS, Default, Key
+from .._validation import check_anndata, check_choice
+from ._cluster import DEFAULT_K_RANGE, cluster_embedding, estimate_n_domains, smooth_labels
+from ._semst import SemST, _versions
+
+
+def _check_n_domains(n_domains: int | None, n_obs: int) -> None:
+    if n_domains is None:
+        return
+    if isinstance(n_domains, bool) or not isinstance(n_domains, int | np.integer):
+        raise TypeError(f"n_domains must be an integer or None, got {type(n_domains).__name__}")
+    if n_domains < 2 or n_domains > n_obs:
+        raise ValueError(
+            f"n_domains must be between 2 and the number of spots ({n_obs}), got {n_domains}; "
+            "pass n_domains=None to estimate it"
+        )
+
+
+def labels_to_categorical(labels: np.ndarray, index: pd.Index) -> pd.Series:
+    """Integer labels 0..K-1 -> categorical of strings '1'..'K' in natural order."""
+    k = int(labels.max()) + 1
+    cats = [str(i + 1) for i in range(k)]
+    return pd.Series(pd.Categorical([cats[i] for i in labels], categories=cats), index=index)
+
+
+def domains(
+    adata: AnnData,
+    n_domains: int | None = None,
+    *,
+    n_epochs: int = Default.n_epochs,
+    lr: float = Default.lr,
+    weight_decay: float = Default.weight_decay,
+    fusion: str = "fsm",
+    cluster_method: str = "gmm",
+    model: str | None = None,
+    latent_dim: int = Default.latent_dim,
+    hidden_dim: int = Default.hidden_dim,
+    gamma: float = Default.gamma,
+    lambda_s: float = Default.lambda_s,
+    decoder: str = "faithful",
+    gcn_norm: str = "row",
+    layer: str | None = None,
+    preprocess: bool = True,
+    use_hvg: bool | str = False,
+    n_top_genes: int = Default.n_top_genes,
+    spatial_mode: str = "radius",
+    n_spatial_neighbors: int = Default.spatial_k,
+    n_feature_neighbors: int = Default.feature_k,
+    k_range: tuple[int, int] = DEFAULT_K_RANGE,
+    smooth: bool = False,
+    early_stopping: bool = False,
+    llm_key: str = Key.obsm.llm,
+    key_added: str = Key.obs.domain,
+    embedding_key: str = Key.obsm.semst,
+    spatial_key: str = Key.obsm.spatial,
+    seed: int = Default.seed,
+    device: str | None = None,
+    progress: bool = True,
+    copy: bool = False,
+) -> AnnData | None:
+    """Find spatial domains with SemST: dual GCN + semantic modulation (FSM), trained label-free.
+
+    Reads raw counts (``adata.X`` or ``layer``) and coordinates (``obsm[spatial_key]``); builds what is
+    missing (spatial graph through squidpy, expression kNN graph, the method's preprocessing on a copy),
+    trains the network, clusters its embedding into ``n_domains`` domains. ``adata.X`` and existing keys are
+    never changed.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with raw integer counts and ``obsm['spatial']``.
+    n_domains
+        Number of domains. ``None`` estimates it: for each K in ``k_range`` the embedding is clustered and
+        the K with the highest silhouette (on a fixed subsample of at most 3000 spots) is kept; the curve is
+        stored in ``uns['semst']['domain_selection']``.
+    n_epochs, lr, weight_decay
+        Adam schedule: one full-graph step per epoch.
+    fusion
+        ``'fsm'`` (the method), ``'concat'``, ``'add'``, ``'cross_attention'`` or ``'none'``. Semantics come from
+        ``obsm[llm_key]``; without it (and without ``model``) the model runs ``'none'`` and logs it.
+    cluster_method
+        ``'gmm'`` (Gaussian mixture with one shared full covariance, mclust's EEE, on a 20-component PCA of
+        the embedding), ``'kmeans'`` or ``'leiden'`` (resolution searched to give exactly ``n_domains``).
+    model
+        A language model (hub name or local folder) to compute ``obsm[llm_key]`` with
+        :func:`semst_sc.tl.semantic_embedding` first, when that slot is absent.
+    latent_dim, hidden_dim
+        Embedding and hidden widths.
+    gamma, lambda_s
+        Weights of the correlation-reduction and spatial-regularisation losses.
+    decoder
+        ``'faithful'`` (ZINB on the scaled matrix, as in the paper's code) or ``'counts'`` (ZINB on raw HVG
+        counts with size factors).
+    gcn_norm
+        ``'row'`` (``D^-1 (A+I)``) or ``'sym'`` (``D^-1/2 (A+I) D^-1/2``).
+    layer
+        Where the input matrix is (``None``: ``adata.X``).
+    preprocess
+        ``True``: the input is raw counts and the method's preprocessing runs on a copy. ``False``: the input
+        is already preprocessed (non-negative) and is used as it is.
+    use_hvg
+        With ``preprocess=False``: restrict to ``var['highly_variable']`` (``True``) or to another boolean
+        ``var`` column (its name).
+    n_top_genes
+        Highly variable genes selected (Seurat v3 on counts).
+    spatial_mode, n_spatial_neighbors
+        How the spatial graph is built when ``obsp['spatial_connectivities']`` is absent (see
+        :func:`semst_sc.gr.spatial_graph`).
+    n_feature_neighbors
+        k of the cosine kNN expression graph, when ``obsp['semst_feature_connectivities']`` is absent.
+    k_range
+        Candidates for the estimation of ``n_domains``.
+    smooth
+        Majority vote of labels over spatial neighbours after clustering.
+    early_stopping
+        Label-free early stopping on the training loss plateau.
+    llm_key, key_added, embedding_key, spatial_key
+        Slots read and written.
+    seed
+        One seed for numpy, torch and clustering; the same seed on CPU gives the same labels.
+    device
+        ``None``: CUDA when available, else CPU; ``'cpu'``, ``'cuda'``, ``'cuda:1'``...
+    progress
+        Show a progress bar with the current loss.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+
+    Returns
+    -------
+    ``None``, or a copy of ``adata`` when ``copy=True``, with
+
+    - ``obsm['X_semst']`` (``embedding_key``): the learned embedding, N x ``latent_dim``;
+    - ``obs['semst_domain']`` (``key_added``): categorical domains ``'1'..'K'``, the largest first;
+    - ``uns['semst']``: ``params``, ``versions``, ``history`` (loss per epoch: ``loss``, ``zinb``, ``cr``,
+      ``spatial``), ``runtime_s`` and ``train_s`` (seconds), the keys used and, when estimated, ``domain_selection``;
+    - missing graphs: ``obsp['spatial_connectivities']``, ``obsp['spatial_distances']``,
+      ``obsp['semst_feature_connectivities']``.
+    """
+    start = time.perf_counter()
+    check_anndata(adata, fn="semst.tl.domains")
+    _check_n_domains(n_domains, adata.n_obs)
+    check_choice("fusion", fusion, FUSIONS)
+    check_choice("cluster_method", cluster_method, CLUSTER_METHODS)
+    if copy:
+        adata = adata.copy()
+
+    if model is not None and llm_key not in adata.obsm:
+        from ._semantic import semantic_embedding
+
+        semantic_embedding(adata, model, key_added=llm_key, device=device, progress=progress)
+
+    logg.info("semst.tl.domains: preparing inputs")
+    semst = SemST(
+        adata,
+        fusion=fusion,
+        latent_dim=latent_dim,
+        hidden_dim=hidden_dim,
+        decoder=decoder,
+        gcn_norm=gcn_norm,
+        seed=seed,
+        device=device,
+        layer=layer,
+        preprocess=preprocess,
+        use_hvg=use_hvg,
+        n_top_genes=n_top_genes,
+        spatial_key=spatial_key,
+        spatial_mode=spatial_mode,
+        n_spatial_neighbors=n_spatial_neighbors,
+        n_feature_neighbors=n_feature_neighbors,
+        llm_key=llm_key,
+    )
+    semst.train(
+        n_epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        gamma=gamma,
+        lambda_s=lambda_s,
+        early_stopping=early_stopping,
+        progress=progress,
+    )
+    emb = semst.get_embedding()
+
+    selection = None
+    if n_domains is None:
+        selection = estimate_n_domains(emb, k_range=k_range, method=cluster_method, seed=seed)
+        n_domains = selection.chosen
+        logg.info(f"    estimated n_domains = {n_domains} (silhouette over K = {k_range[0]}..{k_range[1]})")
+    labels, cluster_info = cluster_embedding(emb, n_domains, method=cluster_method, seed=seed)
+    if smooth:
+        labels = smooth_labels(labels, semst.data.adj_spa)
+
+    params: dict[str, Any] = dict(semst.params)
+    params.update(
+        n_domains=int(n_domains),
+        cluster_method=cluster_method,
+        smooth=bool(smooth),
+        llm_key=llm_key,
+        estimated_n_domains=selection is not None,
+    )
+    params.update({f"cluster_{k}": v for k, v in cluster_info.items()})
+    params.update({k: str(v) for k, v in semst.data.info.items()})
+    uns: dict[str, Any] = {
+        "params": params,
+        "versions": _versions(),
+        "history": {k: np.asarray(v) for k, v in semst.history.items()},
+        "runtime_s": float(time.perf_counter() - start),
+        "train_s": float(semst.train_time),
+        "domain_key": key_added,
+        "embedding_key": embedding_key,
+    }
+    if selection is not None:
+        uns["domain_selection"] = selection.to_uns()
+
+    adata.obsm[embedding_key] = emb
+    adata.obs[key_added] = labels_to_categorical(labels, adata.obs_names)
+    colors = Key.colors(key_added)
+    if colors in adata.uns and len(adata.uns[colors]) != adata.obs[key_added].cat.categories.size:
+        del adata.uns[colors]  # a palette left by an earlier run with another number of domains
+    adata.uns[Key.uns.semst] = uns
+    logg.info(
+        f"    finished in {uns['runtime_s']:.1f} s: added .obsm[{embedding_key!r}], .obs[{key_added!r}] "
+        f"({n_domains} domains), .uns[{Key.uns.semst!r}]"
+    )
+    return adata if copy else None

@@ -1,0 +1,385 @@
+"""The AnnData-facing SemST model: inputs from AnnData, training through ``semst_sc._train``, results back.
+
+Data flow: AnnData -> :class:`Prepared` (scipy / numpy) -> ``semst_sc.nn`` module trained by
+``semst_sc._train`` -> numpy -> AnnData. The network knows nothing of AnnData.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+from scanpy import logging as logg
+
+from .._constants import FUSIONS, GCN_NORMS, Default, Key
+from .._validation import check_anndata, check_choice, check_obsm, check_spatial, get_counts
+
+DECODERS = ("faithful", "counts")
+
+
+@dataclass
+class Prepared:
+    """Everything the network needs, as arrays (no AnnData inside)."""
+
+    x: sp.csr_matrix  # model input, N x G, float32
+    target: sp.csr_matrix  # ZINB target (scaled matrix or raw HVG counts)
+    size_factors: np.ndarray | None
+    genes: pd.Index
+    adj_spa: sp.csr_matrix
+    adj_fea: sp.csr_matrix
+    h_llm: np.ndarray | None
+    info: dict
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("semst-sc", "torch", "anndata", "scanpy", "squidpy", "numpy", "scikit-learn"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:  # pragma: no cover
+            out[pkg] = "not installed"
+    return out
+
+
+def _standardize(h: np.ndarray) -> np.ndarray:
+    """Centre and scale each column (language-model embeddings share a large common direction)."""
+    h = np.asarray(h, dtype=np.float64)
+    sd = h.std(axis=0)
+    sd[sd == 0] = 1.0
+    return ((h - h.mean(axis=0)) / sd).astype(np.float32)
+
+
+def _input_matrix(
+    adata: AnnData,
+    *,
+    layer: str | None,
+    preprocess: bool,
+    use_hvg: bool | str,
+    n_top_genes: int,
+    decoder: str,
+) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray | None, pd.Index, dict]:
+    from ..pp import preprocess_arrays
+
+    if preprocess:
+        counts = get_counts(adata, layer=layer)
+        pre = preprocess_arrays(counts, adata.var_names, n_top_genes=n_top_genes)
+        x = sp.csr_matrix(pre.X, dtype=np.float32)
+        if decoder == "counts":
+            target, sf = sp.csr_matrix(pre.counts, dtype=np.float32), np.asarray(pre.size_factors, np.float32)
+        else:
+            target, sf = x, None
+        return x, target, sf, pd.Index(pre.genes), {"input": "counts", "n_genes": int(x.shape[1])}
+
+    if decoder == "counts":
+        raise ValueError(
+            "decoder='counts' needs raw counts: use preprocess=True (the default) with counts in adata.X "
+            "or in layer=..."
+        )
+    mat = adata.X if layer is None else adata.layers[layer]
+    genes = adata.var_names
+    if use_hvg:
+        col = "highly_variable" if use_hvg is True else str(use_hvg)
+        if col not in adata.var:
+            raise KeyError(
+                f"use_hvg={use_hvg!r} needs a boolean column adata.var[{col!r}]; run "
+                "sc.pp.highly_variable_genes first or pass use_hvg=False"
+            )
+        mask = adata.var[col].to_numpy(dtype=bool)
+        mat, genes = mat[:, mask], genes[mask]
+    x = sp.csr_matrix(mat, dtype=np.float32)
+    data = x.data
+    if not np.all(np.isfinite(data)):
+        raise ValueError("the input matrix has NaN or infinite values; clean it before tl.domains")
+    if data.size and data.min() < 0:
+        raise ValueError(
+            "the input matrix has negative values, but the ZINB reconstruction needs non-negative input: "
+            "scale without centring (sc.pp.scale(zero_center=False)) or use preprocess=True on raw counts"
+        )
+    return x, x, None, pd.Index(genes), {"input": "preprocessed", "n_genes": int(x.shape[1])}
+
+
+def prepare(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    preprocess: bool = True,
+    use_hvg: bool | str = False,
+    n_top_genes: int = Default.n_top_genes,
+    decoder: str = "faithful",
+    spatial_key: str = Key.obsm.spatial,
+    connectivity_key: str = Key.obsp.spatial_conn,
+    feature_key: str = Key.obsp.feature_conn,
+    spatial_mode: str = "radius",
+    n_spatial_neighbors: int = Default.spatial_k,
+    n_feature_neighbors: int = Default.feature_k,
+    llm_key: str | None = Key.obsm.llm,
+    llm_standardize: bool = True,
+    seed: int = Default.seed,
+    write_graphs: bool = True,
+) -> Prepared:
+    """Validate ``adata`` and turn it into arrays for the network. Raises before any work is done.
+
+    Missing graphs are built (spatial through squidpy, feature as cosine kNN on the preprocessed matrix)
+    and, when ``write_graphs``, stored under new keys; existing keys are reused, never overwritten.
+    """
+    from ..gr import cosine_knn_graph, spatial_graph
+
+    check_anndata(adata, fn="semst.tl.domains")
+    check_spatial(adata, spatial_key)
+    check_choice("decoder", decoder, DECODERS)
+    h_llm = None
+    if llm_key is not None and llm_key in adata.obsm:
+        h_llm = check_obsm(adata, llm_key, n_obs=adata.n_obs, made_by="semst.tl.semantic_embedding")
+    x, target, sf, genes, info = _input_matrix(
+        adata, layer=layer, preprocess=preprocess, use_hvg=use_hvg, n_top_genes=n_top_genes, decoder=decoder
+    )
+
+    if connectivity_key in adata.obsp:
+        adj_spa = sp.csr_matrix(adata.obsp[connectivity_key])
+        info["spatial_graph"] = "reused"
+    else:
+        tmp = AnnData(obs=pd.DataFrame(index=adata.obs_names), obsm={spatial_key: adata.obsm[spatial_key]})
+        spatial_graph(tmp, mode=spatial_mode, n_neighbors=n_spatial_neighbors, spatial_key=spatial_key)
+        adj_spa = sp.csr_matrix(tmp.obsp[Key.obsp.spatial_conn])
+        info["spatial_graph"] = f"built ({spatial_mode})"
+        if write_graphs:
+            adata.obsp[connectivity_key] = adj_spa
+            adata.obsp[Key.obsp.spatial_dist] = tmp.obsp[Key.obsp.spatial_dist]
+            adata.uns[Key.uns.spatial_graph] = tmp.uns[Key.uns.spatial_graph]
+            logg.info(f"    added spatial graph .obsp[{connectivity_key!r}]")
+
+    if feature_key in adata.obsp:
+        adj_fea = sp.csr_matrix(adata.obsp[feature_key])
+        info["feature_graph"] = "reused"
+    else:
+        adj_fea = cosine_knn_graph(x, n_feature_neighbors, seed=seed)
+        info["feature_graph"] = f"built (cosine {n_feature_neighbors}-NN)"
+        if write_graphs:
+            adata.obsp[feature_key] = adj_fea
+            logg.info(f"    added feature graph .obsp[{feature_key!r}]")
+
+    if h_llm is not None and llm_standardize:
+        h_llm = _standardize(h_llm)
+    return Prepared(x, target, sf, genes, adj_spa, adj_fea, h_llm, info)
+
+
+class SemST:
+    """The SemST model bound to an AnnData: prepare, train, embed, cluster, save and load.
+
+    :func:`semst_sc.tl.domains` is the documented entry point and uses this class; use the class when you
+    want the trained network itself (to save it, inspect it, or embed again).
+
+    Parameters
+    ----------
+    adata
+        Raw counts in ``X`` (or ``layer``) and coordinates in ``obsm[spatial_key]``.
+    fusion
+        How semantics enter: ``'fsm'`` (FiLM, the method), ``'concat'``, ``'add'``, ``'cross_attention'`` or
+        ``'none'``. Without ``obsm[llm_key]`` the model runs ``'none'`` and says so in the log.
+    latent_dim, hidden_dim
+        Width of the embedding and of the hidden layers.
+    decoder
+        ``'faithful'``: ZINB on the scaled matrix, as in the reference; ``'counts'``: ZINB on raw HVG counts
+        with size factors.
+    gcn_norm
+        ``'row'``: ``D^-1 (A + I)`` (reference code); ``'sym'``: ``D^-1/2 (A + I) D^-1/2`` (paper, eq. 3).
+    seed
+        Drives numpy, torch and the clustering.
+    device
+        ``None``: CUDA when available, else CPU.
+    **prepare_kwargs
+        Passed to :func:`semst_sc.tl._semst.prepare` (``layer``, ``preprocess``, ``use_hvg``, graph options).
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        *,
+        fusion: str = "fsm",
+        latent_dim: int = Default.latent_dim,
+        hidden_dim: int = Default.hidden_dim,
+        decoder: str = "faithful",
+        gcn_norm: str = "row",
+        seed: int = Default.seed,
+        device: str | None = None,
+        **prepare_kwargs: Any,
+    ) -> None:
+        from .._train import resolve_device
+
+        check_choice("fusion", fusion, FUSIONS)
+        check_choice("gcn_norm", gcn_norm, GCN_NORMS)
+        self.device = resolve_device(device)  # an unavailable device fails before any work
+        self.adata = adata
+        self.data = prepare(adata, decoder=decoder, seed=seed, **prepare_kwargs)
+        if fusion != "none" and self.data.h_llm is None:
+            llm_key = prepare_kwargs.get("llm_key", Key.obsm.llm)
+            logg.warning(
+                f"no semantic embedding in .obsm[{llm_key!r}]: semantics are OFF (fusion='none'). Run "
+                "semst.tl.semantic_embedding(adata) first, or pass model=... to semst.tl.domains"
+            )
+            fusion = "none"
+        self.params: dict[str, Any] = {
+            "fusion": fusion,
+            "latent_dim": int(latent_dim),
+            "hidden_dim": int(hidden_dim),
+            "decoder": decoder,
+            "gcn_norm": gcn_norm,
+            "seed": int(seed),
+            "device": str(self.device),
+            "semantics": "off" if fusion == "none" else "on",
+            **{k: v for k, v in prepare_kwargs.items() if isinstance(v, str | int | float | bool)},
+        }
+        self.module = self._build_module()
+        self.history: dict[str, np.ndarray] = {}
+        self.trained = False
+
+    def _build_module(self):
+        from .._train import seed_everything
+        from ..nn import SemSTModule
+
+        seed_everything(self.params["seed"])  # initial weights are part of what the seed fixes
+
+        llm_dim = None if self.data.h_llm is None else int(self.data.h_llm.shape[1])
+        p = self.params
+        return SemSTModule(
+            int(self.data.x.shape[1]),
+            llm_dim if p["fusion"] != "none" else None,
+            hidden=p["hidden_dim"],
+            latent=p["latent_dim"],
+            fusion=p["fusion"],
+            gcn_norm=p["gcn_norm"],
+            decoder=p["decoder"],
+        )
+
+    def _inputs(self):
+        from .._train import TrainInputs
+
+        d = self.data
+        return TrainInputs(
+            x=d.x,
+            adj_spa=d.adj_spa,
+            adj_fea=d.adj_fea,
+            target=d.target,
+            spatial_edges=d.adj_spa,
+            h_llm=d.h_llm if self.params["fusion"] != "none" else None,
+            size_factors=d.size_factors,
+        )
+
+    def train(
+        self,
+        n_epochs: int = Default.n_epochs,
+        *,
+        lr: float = Default.lr,
+        weight_decay: float = Default.weight_decay,
+        gamma: float = Default.gamma,
+        lambda_s: float = Default.lambda_s,
+        early_stopping: bool = False,
+        progress: bool = True,
+    ) -> SemST:
+        """Train the network label-free (Adam, full graph, one step per epoch). Returns ``self``."""
+        from .._train import train
+
+        if n_epochs < 1:
+            raise ValueError(f"n_epochs must be at least 1, got {n_epochs}")
+        start = time.perf_counter()
+        self.history = train(
+            self.module,
+            self._inputs(),
+            n_epochs=n_epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            gamma=gamma,
+            lambda_s=lambda_s,
+            device=self.device,
+            seed=self.params["seed"],
+            progress=progress,
+            early_stopping=early_stopping,
+        )
+        self.params.update(
+            n_epochs=int(n_epochs),
+            lr=float(lr),
+            weight_decay=float(weight_decay),
+            gamma=float(gamma),
+            lambda_s=float(lambda_s),
+            early_stopping=bool(early_stopping),
+        )
+        self.train_time = time.perf_counter() - start
+        self.trained = True
+        return self
+
+    def get_embedding(self) -> np.ndarray:
+        """The learned embedding ``Z_final`` (N x latent_dim, float32)."""
+        from .._train import embed
+
+        if not self.trained:
+            raise RuntimeError("the model is not trained yet: call .train() first (or .load() a saved one)")
+        return np.asarray(embed(self.module, self._inputs(), device=self.device), dtype=np.float32)
+
+    def save(self, path: str | Path) -> None:
+        """Save weights, parameters, genes and loss history to one file (``torch.save``)."""
+        import torch
+
+        if not self.trained:
+            raise RuntimeError("nothing to save: call .train() first")
+        state = {
+            "state_dict": self.module.state_dict(),
+            "params": self.params,
+            "genes": list(map(str, self.data.genes)),
+            "history": {k: np.asarray(v) for k, v in self.history.items()},
+            "versions": _versions(),
+        }
+        torch.save(state, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path, adata: AnnData, *, device: str | None = None) -> SemST:
+        """Rebuild the model for ``adata`` from a file written by :meth:`save`.
+
+        ``adata`` must carry the genes the model was trained on; the inputs are prepared from it the same
+        way as in training.
+        """
+        import torch
+
+        state = torch.load(Path(path), map_location="cpu", weights_only=False)
+        p = dict(state["params"])
+        prep_keys = {
+            k: p[k]
+            for k in (
+                "layer",
+                "preprocess",
+                "use_hvg",
+                "n_top_genes",
+                "spatial_key",
+                "llm_key",
+                "spatial_mode",
+            )
+            if k in p
+        }
+        model = cls(
+            adata,
+            fusion=p["fusion"],
+            latent_dim=p["latent_dim"],
+            hidden_dim=p["hidden_dim"],
+            decoder=p["decoder"],
+            gcn_norm=p["gcn_norm"],
+            seed=p["seed"],
+            device=device,
+            **prep_keys,
+        )
+        if list(map(str, model.data.genes)) != list(state["genes"]):
+            raise ValueError(
+                "the genes selected on this AnnData differ from the ones the model was trained on; load it "
+                "on the same data (same genes, same preprocessing)"
+            )
+        model.module.load_state_dict(state["state_dict"])
+        model.history = state["history"]
+        model.params.update(p)
+        model.params["device"] = str(model.device)
+        model.trained = True
+        return model

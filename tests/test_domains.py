@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import semst_sc as semst
+from semst_sc._constants import Key
+
+EPOCHS = 15  # enough to exercise the whole pipeline; accuracy is measured in benchmarks/domains.py
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return semst.datasets.demo()
+
+
+@pytest.fixture
+def adata(demo):
+    return demo.copy()
+
+
+def _snapshot(a: ad.AnnData):
+    return {
+        "X": a.X.copy(),
+        "obs": a.obs.copy(),
+        "obsm": set(a.obsm),
+        "obsp": set(a.obsp),
+        "uns": set(a.uns),
+        "layers": set(a.layers),
+        "var": a.var.copy(),
+    }
+
+
+def _assert_unchanged(a: ad.AnnData, snap) -> None:
+    assert (a.X != snap["X"]).nnz == 0
+    pd.testing.assert_frame_equal(a.obs, snap["obs"])
+    pd.testing.assert_frame_equal(a.var, snap["var"])
+    assert set(a.obsm) == snap["obsm"]
+    assert set(a.obsp) == snap["obsp"]
+    assert set(a.uns) == snap["uns"]
+    assert set(a.layers) == snap["layers"]
+
+
+def test_domains_writes_contract_slots_and_keeps_user_data(adata, tmp_path):
+    x_before = adata.X.copy()
+    adata.uns["user_key"] = "mine"
+    semst.tl.domains(adata, n_domains=7, n_epochs=EPOCHS, progress=False)
+    assert (adata.X != x_before).nnz == 0
+    assert adata.uns["user_key"] == "mine"
+    emb = adata.obsm[Key.obsm.semst]
+    assert emb.shape == (adata.n_obs, 128) and emb.dtype == np.float32 and np.isfinite(emb).all()
+    dom = adata.obs[Key.obs.domain]
+    assert isinstance(dom.dtype, pd.CategoricalDtype)
+    assert list(dom.cat.categories) == [str(i) for i in range(1, 8)]
+    assert dom.value_counts().iloc[0] == dom.value_counts().max()
+    uns = adata.uns[Key.uns.semst]
+    assert uns["params"]["n_domains"] == 7 and uns["params"]["device"] == "cpu"
+    assert uns["params"]["semantics"] == "off" and uns["params"]["fusion"] == "none"
+    assert set(uns["history"]) >= {"loss", "zinb", "cr", "spatial"}
+    assert len(uns["history"]["loss"]) == EPOCHS
+    assert {"torch", "semst-sc", "scanpy"} <= set(uns["versions"])
+    for key in (Key.obsp.spatial_conn, Key.obsp.spatial_dist, Key.obsp.feature_conn):
+        assert sp.issparse(adata.obsp[key])
+    # everything survives the h5ad round trip
+    adata.write_h5ad(tmp_path / "out.h5ad")
+    back = ad.read_h5ad(tmp_path / "out.h5ad")
+    np.testing.assert_array_equal(back.obsm[Key.obsm.semst], emb)
+    assert back.obs[Key.obs.domain].tolist() == dom.tolist()
+    np.testing.assert_allclose(back.uns[Key.uns.semst]["history"]["loss"], uns["history"]["loss"])
+    assert back.uns[Key.uns.semst]["params"]["fusion"] == "none"
+
+
+def test_semantics_off_is_logged(adata, capfd):
+    semst.tl.domains(adata, n_domains=5, n_epochs=2, progress=False)
+    assert "semantics are OFF" in capfd.readouterr().err
+
+
+def test_same_seed_same_labels_on_cpu(demo):
+    a, b = demo.copy(), demo.copy()
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(demo.n_obs, 32)).astype(np.float32)
+    a.obsm[Key.obsm.llm] = h
+    b.obsm[Key.obsm.llm] = h.copy()
+    semst.tl.domains(a, n_domains=7, n_epochs=EPOCHS, seed=3, progress=False)
+    semst.tl.domains(b, n_domains=7, n_epochs=EPOCHS, seed=3, progress=False)
+    assert a.uns[Key.uns.semst]["params"]["fusion"] == "fsm"
+    np.testing.assert_array_equal(a.obsm[Key.obsm.semst], b.obsm[Key.obsm.semst])
+    assert a.obs[Key.obs.domain].tolist() == b.obs[Key.obs.domain].tolist()
+
+
+@pytest.mark.parametrize("fusion", ["fsm", "concat", "add", "cross_attention", "none"])
+def test_every_fusion_runs_with_semantics(adata, fusion):
+    adata.obsm[Key.obsm.llm] = np.random.default_rng(1).normal(size=(adata.n_obs, 24)).astype(np.float32)
+    semst.tl.domains(adata, n_domains=4, n_epochs=3, fusion=fusion, progress=False)
+    assert adata.uns[Key.uns.semst]["params"]["fusion"] == fusion
+    assert adata.obs[Key.obs.domain].cat.categories.size == 4
+
+
+@pytest.mark.parametrize("method", ["gmm", "kmeans", "leiden"])
+def test_cluster_methods_give_exactly_n_domains(adata, method):
+    semst.tl.domains(adata, n_domains=6, n_epochs=5, cluster_method=method, progress=False)
+    assert adata.obs[Key.obs.domain].nunique() == 6
+
+
+def test_copy_leaves_input_untouched(adata):
+    snap = _snapshot(adata)
+    out = semst.tl.domains(adata, n_domains=3, n_epochs=2, copy=True, progress=False)
+    _assert_unchanged(adata, snap)
+    assert Key.obs.domain in out.obs
+
+
+def test_estimated_n_domains_stores_curve(adata):
+    semst.tl.domains(
+        adata, n_domains=None, n_epochs=5, k_range=(3, 6), cluster_method="kmeans", progress=False
+    )
+    sel = adata.uns[Key.uns.semst]["domain_selection"]
+    assert list(sel["n_domains"]) == [3, 4, 5, 6]
+    assert sel["chosen"] == adata.obs[Key.obs.domain].nunique()
+    assert sel["chosen"] == sel["n_domains"][int(np.argmax(sel["score"]))]
+
+
+def test_existing_graphs_are_reused_not_overwritten(adata):
+    semst.gr.spatial_graph(adata, mode="knn", n_neighbors=6)
+    before = adata.obsp[Key.obsp.spatial_conn].copy()
+    semst.tl.domains(adata, n_domains=3, n_epochs=2, progress=False)
+    assert (adata.obsp[Key.obsp.spatial_conn] != before).nnz == 0
+    assert adata.uns[Key.uns.semst]["params"]["spatial_graph"] == "reused"
+
+
+def test_preprocessed_layer_path(adata):
+    semst.pp.preprocess(adata)
+    semst.tl.domains(
+        adata,
+        n_domains=3,
+        n_epochs=3,
+        layer=Key.layers.scaled,
+        preprocess=False,
+        use_hvg=Key.var.hvg,
+        progress=False,
+    )
+    assert adata.uns[Key.uns.semst]["params"]["input"] == "preprocessed"
+    assert adata.uns[Key.uns.semst]["params"]["n_genes"] == int(adata.var[Key.var.hvg].sum())
+
+
+def test_counts_decoder_runs(adata):
+    semst.tl.domains(adata, n_domains=3, n_epochs=3, decoder="counts", progress=False)
+    assert np.isfinite(adata.uns[Key.uns.semst]["history"]["loss"]).all()
+
+
+def test_smoothing(adata):
+    semst.tl.domains(adata, n_domains=5, n_epochs=3, smooth=True, progress=False)
+    assert adata.uns[Key.uns.semst]["params"]["smooth"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "kwargs", "exc", "match"),
+    [
+        (None, {"n_domains": 1}, ValueError, "between 2 and the number of spots"),
+        (None, {"n_domains": 10**7}, ValueError, "between 2 and the number of spots"),
+        (None, {"n_domains": 2.5}, TypeError, "integer"),
+        (
+            None,
+            {"n_domains": 3, "fusion": "film"},
+            ValueError,
+            "'fsm'.*'concat'.*'add'.*'cross_attention'.*'none'",
+        ),
+        (None, {"n_domains": 3, "cluster_method": "mclust"}, ValueError, "'gmm'.*'kmeans'.*'leiden'"),
+        (None, {"n_domains": 3, "device": "cuda"}, (RuntimeError, ValueError), "CUDA"),
+        ("llm_nan", {"n_domains": 3}, ValueError, "NaN"),
+        ("float_counts", {"n_domains": 3}, ValueError, "integer"),
+        ("no_spatial", {"n_domains": 3}, KeyError, "spatial"),
+        ("negative_preprocessed", {"n_domains": 3, "preprocess": False}, ValueError, "negative"),
+    ],
+)
+def test_bad_input_raises_and_leaves_adata_unchanged(adata, mutate, kwargs, exc, match):
+    if kwargs.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA device exists here")
+    if mutate == "llm_nan":
+        h = np.ones((adata.n_obs, 4), np.float32)
+        h[3, 1] = np.nan
+        adata.obsm[Key.obsm.llm] = h
+    elif mutate == "float_counts":
+        adata.X = adata.X.astype(np.float32) * 0.5
+    elif mutate == "no_spatial":
+        del adata.obsm[Key.obsm.spatial]
+    elif mutate == "negative_preprocessed":
+        adata.X = adata.X.copy()
+        adata.X.data[0] = -1.0
+    kwargs = {"n_epochs": 2, "progress": False, **kwargs}
+    snap = _snapshot(adata)
+    with pytest.raises(exc, match=match):
+        semst.tl.domains(adata, **kwargs)
+    _assert_unchanged(adata, snap)
+
+
+def test_view_is_rejected(demo):
+    view = demo[:100]
+    with pytest.raises(ValueError, match="view"):
+        semst.tl.domains(view, n_domains=3, n_epochs=2, progress=False)
+
+
+def test_class_api_save_load_roundtrip(adata, tmp_path):
+    model = semst.tl.SemST(adata, seed=0)
+    model.train(5, progress=False)
+    emb = model.get_embedding()
+    path = tmp_path / "semst.pt"
+    model.save(path)
+    again = semst.tl.SemST.load(path, adata)
+    np.testing.assert_allclose(again.get_embedding(), emb, rtol=1e-5, atol=1e-6)
+    assert again.history["loss"].shape == (5,)
+    with pytest.raises(RuntimeError, match="train"):
+        semst.tl.SemST(adata).get_embedding()
