@@ -10,7 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._constants import CLUSTER_METHODS, FUSIONS, Default, Key
+from .._constants import BACKENDS, CLUSTER_METHODS, FUSIONS, Default, Key
 from .._validation import check_anndata, check_choice
 from ._cluster import DEFAULT_K_RANGE, cluster_embedding, estimate_n_domains, smooth_labels
 from ._semst import SemST, _versions
@@ -51,6 +51,7 @@ def domains(
     lambda_s: float = Default.lambda_s,
     decoder: str = "faithful",
     gcn_norm: str = "row",
+    backend: str = "torch",
     layer: str | None = None,
     preprocess: bool = True,
     use_hvg: bool | str = False,
@@ -105,6 +106,9 @@ def domains(
         counts with size factors).
     gcn_norm
         ``'row'`` (``D^-1 (A+I)``) or ``'sym'`` (``D^-1/2 (A+I) D^-1/2``).
+    backend
+        Graph-convolution engine: ``'torch'`` (``torch.sparse``, the default, always available) or ``'dgl'``
+        (DGL message passing, same numbers; needs DGL beside a torch it supports: ``semst-sc[dgl]``).
     layer
         Where the input matrix is (``None``: ``adata.X``).
     preprocess
@@ -153,6 +157,11 @@ def domains(
     _check_n_domains(n_domains, adata.n_obs)
     check_choice("fusion", fusion, FUSIONS)
     check_choice("cluster_method", cluster_method, CLUSTER_METHODS)
+    check_choice("backend", backend, BACKENDS)
+    if backend == "dgl":
+        from ..nn._dgl import require_dgl
+
+        require_dgl()  # before any work: the AnnData stays as it was
     if copy:
         adata = adata.copy()
 
@@ -169,6 +178,7 @@ def domains(
         hidden_dim=hidden_dim,
         decoder=decoder,
         gcn_norm=gcn_norm,
+        backend=backend,
         seed=seed,
         device=device,
         layer=layer,
@@ -210,7 +220,7 @@ def domains(
         estimated_n_domains=selection is not None,
     )
     params.update({f"cluster_{k}": v for k, v in cluster_info.items()})
-    params.update({k: str(v) for k, v in semst.data.info.items()})
+    params.update({k: v if isinstance(v, int | float) else str(v) for k, v in semst.data.info.items()})
     uns: dict[str, Any] = {
         "params": params,
         "versions": _versions(),

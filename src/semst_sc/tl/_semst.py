@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._constants import FUSIONS, GCN_NORMS, Default, Key
+from .._constants import BACKENDS, FUSIONS, GCN_NORMS, Default, Key
 from .._validation import check_anndata, check_choice, check_obsm, check_spatial, get_counts
 
 DECODERS = ("faithful", "counts")
@@ -190,6 +190,9 @@ class SemST:
         with size factors.
     gcn_norm
         ``'row'``: ``D^-1 (A + I)`` (reference code); ``'sym'``: ``D^-1/2 (A + I) D^-1/2`` (paper, eq. 3).
+    backend
+        ``'torch'`` (``torch.sparse``, always available) or ``'dgl'`` (DGL message passing; needs the
+        ``semst-sc[dgl]`` environment, see the backends page of the docs).
     seed
         Drives numpy, torch and the clustering.
     device
@@ -207,6 +210,7 @@ class SemST:
         hidden_dim: int = Default.hidden_dim,
         decoder: str = "faithful",
         gcn_norm: str = "row",
+        backend: str = "torch",
         seed: int = Default.seed,
         device: str | None = None,
         **prepare_kwargs: Any,
@@ -215,7 +219,13 @@ class SemST:
 
         check_choice("fusion", fusion, FUSIONS)
         check_choice("gcn_norm", gcn_norm, GCN_NORMS)
+        check_choice("backend", backend, BACKENDS)
         self.device = resolve_device(device)  # an unavailable device fails before any work
+        if backend == "dgl":  # an unusable DGL fails before any work too
+            from ..nn._dgl import check_dgl_device, require_dgl
+
+            require_dgl()
+            check_dgl_device(self.device)
         self.adata = adata
         self.data = prepare(adata, decoder=decoder, seed=seed, **prepare_kwargs)
         if fusion != "none" and self.data.h_llm is None:
@@ -231,6 +241,7 @@ class SemST:
             "hidden_dim": int(hidden_dim),
             "decoder": decoder,
             "gcn_norm": gcn_norm,
+            "backend": backend,
             "seed": int(seed),
             "device": str(self.device),
             "semantics": "off" if fusion == "none" else "on",
@@ -248,7 +259,7 @@ class SemST:
 
         llm_dim = None if self.data.h_llm is None else int(self.data.h_llm.shape[1])
         p = self.params
-        return SemSTModule(
+        module = SemSTModule(
             int(self.data.x.shape[1]),
             llm_dim if p["fusion"] != "none" else None,
             hidden=p["hidden_dim"],
@@ -257,6 +268,11 @@ class SemST:
             gcn_norm=p["gcn_norm"],
             decoder=p["decoder"],
         )
+        if p["backend"] == "dgl":
+            from ..nn._dgl import use_dgl
+
+            use_dgl(module)  # same parameters, DGL message passing for every graph convolution
+        return module
 
     def _inputs(self):
         from .._train import TrainInputs
@@ -368,6 +384,7 @@ class SemST:
             hidden_dim=p["hidden_dim"],
             decoder=p["decoder"],
             gcn_norm=p["gcn_norm"],
+            backend=p.get("backend", "torch"),
             seed=p["seed"],
             device=device,
             **prep_keys,
