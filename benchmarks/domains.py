@@ -32,7 +32,7 @@ t = time.perf_counter()
 semst.tl.domains(adata, n_domains={k}, seed={seed}, fusion={fusion!r}, progress=False, {extra})
 wall = time.perf_counter() - t
 res = semst.tl.evaluate(adata, {truth!r})
-res = {{k: float(v) for k, v in res.items()}}
+res = {{k: float(v) for k, v in res.items() if isinstance(v, (int, float))}}
 res.update(wall_s=wall, epochs=len(adata.uns['semst']['history']['loss']),
            train_s=float(adata.uns['semst'].get('train_s', float('nan'))))
 """

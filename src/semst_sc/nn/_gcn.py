@@ -74,6 +74,18 @@ def feature_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x @ weight`` where ``x`` is dense or a sparse CSR tensor (gradients reach ``weight`` in both cases).
 
     For a sparse ``x`` no gradient flows back into ``x``: use a dense ``x`` if you need one.
+
+    Parameters
+    ----------
+    x
+        Node features, N x in_features, dense or sparse CSR.
+    weight
+        Weight matrix, in_features x out_features.
+
+    Returns
+    -------
+    torch.Tensor
+        The dense product, N x out_features.
     """
     if _is_sparse_csr(x):
         if x.requires_grad:

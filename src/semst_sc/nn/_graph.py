@@ -46,7 +46,20 @@ def torch_csr(
 
 
 def scipy_to_torch_csr(mat, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Convert any scipy sparse matrix to a torch sparse CSR tensor (indices int64, values ``dtype``)."""
+    """Convert any scipy sparse matrix to a torch sparse CSR tensor (indices int64, values ``dtype``).
+
+    Parameters
+    ----------
+    mat
+        A scipy sparse matrix (any format).
+    dtype
+        Dtype of the values.
+
+    Returns
+    -------
+    torch.Tensor
+        The same matrix as a torch sparse CSR tensor, indices sorted.
+    """
     m = sp.csr_matrix(mat)
     m.sort_indices()
     return torch_csr(

