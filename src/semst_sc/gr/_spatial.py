@@ -188,6 +188,22 @@ def _squidpy_graph(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            if not hasattr(sq.gr, "spatial_neighbors_radius"):
+                # squidpy < 1.8 (e.g. the DGL environment's 1.6): one function, (conn, dist) with copy=True
+                kw = {"radius": float(radius)} if radius is not None else {"n_neighs": int(n_neighbors)}
+                conn, dist = sq.gr.spatial_neighbors(
+                    light,
+                    coord_type="generic",
+                    library_key=library_key,
+                    spatial_key=Key.obsm.spatial,
+                    copy=True,
+                    **kw,
+                )
+                params = {
+                    "coord_type": "generic",
+                    **{("n_neighbors" if k == "n_neighs" else k): v for k, v in kw.items()},
+                }
+                return sparse.csr_matrix(conn), sparse.csr_matrix(dist), params
             if radius is not None:
                 res = sq.gr.spatial_neighbors_radius(
                     light,

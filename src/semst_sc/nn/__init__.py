@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from ._dgl import DGLGCNLayer, check_dgl_device, dgl_problem, require_dgl, to_dgl_graph, use_dgl
 from ._fusion import (
     FSM,
     AddFusion,
@@ -34,6 +35,7 @@ __all__ = [
     "AddFusion",
     "ConcatFusion",
     "CrossAttentionFusion",
+    "DGLGCNLayer",
     "FSMFusion",
     "Fusion",
     "GCNLayer",
@@ -42,12 +44,17 @@ __all__ = [
     "SemSTOutput",
     "ZINBDecoder",
     "ZINBTarget",
+    "check_dgl_device",
     "correlation_reduction_loss",
+    "dgl_problem",
     "edge_index",
     "feature_matmul",
     "make_fusion",
     "normalize_adjacency",
+    "require_dgl",
     "scipy_to_torch_csr",
     "spatial_regularization_loss",
+    "to_dgl_graph",
+    "use_dgl",
     "zinb_nll",
 ]

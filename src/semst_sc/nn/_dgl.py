@@ -201,6 +201,16 @@ def check_dgl_device(device: torch.device | str) -> None:
     machine ``device=None`` resolves to CUDA, where DGL would fail at the first graph operation. The check
     builds a one-edge graph on ``device``.
 
+    Parameters
+    ----------
+    device
+        The device training will run on.
+
+    Returns
+    -------
+    None
+        Nothing; the call returns only when DGL works on ``device``.
+
     Raises
     ------
     ImportError

@@ -159,9 +159,11 @@ def domains(
     check_choice("cluster_method", cluster_method, CLUSTER_METHODS)
     check_choice("backend", backend, BACKENDS)
     if backend == "dgl":
-        from ..nn._dgl import require_dgl
+        from .._train import resolve_device
+        from ..nn._dgl import check_dgl_device, require_dgl
 
         require_dgl()  # before any work: the AnnData stays as it was
+        check_dgl_device(resolve_device(device))
     if copy:
         adata = adata.copy()
 
