@@ -82,7 +82,7 @@ def _summarise(rows: list[dict], by: list[str]) -> list[dict]:
     for key, sel in groups.items():
         row = dict(zip(by, key, strict=True))
         row["seeds"] = len(sel)
-        for m in ("ari", "nmi", "acc", "f1", "wall_s"):
+        for m in ("ari", "nmi", "acc", "f1_macro", "wall_s"):
             row[m] = mean_std(r.get(m) for r in sel)
         out.append(row)
     return out
@@ -131,7 +131,7 @@ def main() -> None:
         "dataset",
         {"fusion": "fusion", "semantics": "semantics", "topk": "top_k", "plugin": "model"}[a.study],
     ]
-    print(table(_summarise(rows, by), [*by, "seeds", "ari", "nmi", "acc", "f1", "wall_s"]))
+    print(table(_summarise(rows, by), [*by, "seeds", "ari", "nmi", "acc", "f1_macro", "wall_s"]))
     if a.out:
         with a.out.open("a") as fh:
             for r in rows:

@@ -108,13 +108,13 @@ def main() -> None:
                 if not sel:
                     continue
                 row = {"dataset": name, "fusion": fusion, "seeds": len(sel)}
-                for m in ("ari", "nmi", "acc", "f1"):
+                for m in ("ari", "nmi", "acc", "f1_macro"):
                     row[m] = mean_std(r.get(m) for r in sel)
                 row["wall_s"] = mean_std(r.get("wall_s") for r in sel)
                 row["peak_rss_mb"] = mean_std(r.get("peak_rss_mb") for r in sel)
                 summary.append(row)
         print(
-            table(summary, ["dataset", "fusion", "seeds", "ari", "nmi", "acc", "f1", "wall_s", "peak_rss_mb"])
+            table(summary, ["dataset", "fusion", "seeds", "ari", "nmi", "acc", "f1_macro", "wall_s", "peak_rss_mb"])
         )
     if a.out:
         with a.out.open("a") as fh:
