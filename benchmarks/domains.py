@@ -114,7 +114,10 @@ def main() -> None:
                 row["peak_rss_mb"] = mean_std(r.get("peak_rss_mb") for r in sel)
                 summary.append(row)
         print(
-            table(summary, ["dataset", "fusion", "seeds", "ari", "nmi", "acc", "f1_macro", "wall_s", "peak_rss_mb"])
+            table(
+                summary,
+                ["dataset", "fusion", "seeds", "ari", "nmi", "acc", "f1_macro", "wall_s", "peak_rss_mb"],
+            )
         )
     if a.out:
         with a.out.open("a") as fh:
