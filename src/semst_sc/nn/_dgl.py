@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import nn
 
 from .._constants import GCN_NORMS
 from ._gcn import GCNLayer
+from ._graph import _check_square_sparse
 
 __all__ = [
     "DGL_LOCK_FILE",
@@ -231,17 +231,6 @@ def check_dgl_device(device: torch.device | str) -> None:
             "or use backend='torch' (the same results on every device), or install a CUDA build of DGL that "
             "matches this torch (https://www.dgl.ai/pages/start.html)."
         ) from err
-
-
-def _check_square_sparse(adj) -> sp.csr_matrix:
-    if not sp.issparse(adj):
-        raise TypeError(
-            f"`adj` must be a scipy.sparse matrix (N x N), got {type(adj).__name__}; "
-            "wrap a dense array with scipy.sparse.csr_matrix(...) first."
-        )
-    if adj.ndim != 2 or adj.shape[0] != adj.shape[1]:
-        raise ValueError(f"`adj` must be square (N x N), got shape {adj.shape}.")
-    return sp.csr_matrix(adj)
 
 
 def to_dgl_graph(
