@@ -69,3 +69,27 @@ def table(rows: list[dict], cols: list[str]) -> str:
 def mean_std(values) -> str:
     v = np.asarray([x for x in values if x is not None], dtype=float)
     return f"{v.mean():.3f} ± {v.std():.3f}" if v.size > 1 else (f"{v[0]:.3f}" if v.size else "-")
+
+
+def summarise(rows: list[dict], by: list[str], metrics: tuple[str, ...]) -> list[dict]:
+    """Group ``rows`` by the ``by`` columns (in first-seen order): run count and mean ± sd of ``metrics``."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[b] for b in by), []).append(r)
+    out = []
+    for key, sel in groups.items():
+        row = dict(zip(by, key, strict=True))
+        row["seeds"] = len(sel)
+        for m in metrics:
+            row[m] = mean_std(r.get(m) for r in sel)
+        out.append(row)
+    return out
+
+
+def append_jsonl(path, rows: list[dict]) -> None:
+    """Append ``rows`` to ``path`` as JSON lines (nothing when ``path`` is None)."""
+    if path is None:
+        return
+    with open(path, "a") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")

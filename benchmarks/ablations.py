@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, SHARED, mean_std, run_json, table
+from _common import DATASETS, SHARED, append_jsonl, run_json, summarise, table
 
 CACHE = Path(__file__).resolve().parent / "results" / "llm"
 
@@ -74,20 +74,6 @@ def _llm(name: str, top_k: int) -> str:
     return str(out)
 
 
-def _summarise(rows: list[dict], by: list[str]) -> list[dict]:
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r[b] for b in by), []).append(r)
-    out = []
-    for key, sel in groups.items():
-        row = dict(zip(by, key, strict=True))
-        row["seeds"] = len(sel)
-        for m in ("ari", "nmi", "acc", "f1_macro", "wall_s"):
-            row[m] = mean_std(r.get(m) for r in sel)
-        out.append(row)
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", choices=["fusion", "semantics", "topk", "plugin"])
@@ -131,11 +117,9 @@ def main() -> None:
         "dataset",
         {"fusion": "fusion", "semantics": "semantics", "topk": "top_k", "plugin": "model"}[a.study],
     ]
-    print(table(_summarise(rows, by), [*by, "seeds", "ari", "nmi", "acc", "f1_macro", "wall_s"]))
-    if a.out:
-        with a.out.open("a") as fh:
-            for r in rows:
-                fh.write(json.dumps(r) + "\n")
+    metrics = ("ari", "nmi", "acc", "f1_macro", "wall_s")
+    print(table(summarise(rows, by, metrics), [*by, "seeds", *metrics]))
+    append_jsonl(a.out, rows)
 
 
 if __name__ == "__main__":

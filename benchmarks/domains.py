@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, SHARED, mean_std, run_json, table
+from _common import DATASETS, SHARED, append_jsonl, run_json, summarise, table
 
 RUN = """
 import time, numpy as np, anndata as ad, torch
@@ -101,28 +101,15 @@ def main() -> None:
                     r.update(dataset=name, fusion="fsm (random)" if fusion == "fsm" else fusion, seed=seed)
                     rows.append(r)
                     print(json.dumps(r), flush=True)
-        summary = []
-        for name in a.datasets:
-            for fusion in {r["fusion"]: None for r in rows}:
-                sel = [r for r in rows if r["dataset"] == name and r["fusion"] == fusion]
-                if not sel:
-                    continue
-                row = {"dataset": name, "fusion": fusion, "seeds": len(sel)}
-                for m in ("ari", "nmi", "acc", "f1_macro"):
-                    row[m] = mean_std(r.get(m) for r in sel)
-                row["wall_s"] = mean_std(r.get("wall_s") for r in sel)
-                row["peak_rss_mb"] = mean_std(r.get("peak_rss_mb") for r in sel)
-                summary.append(row)
+        metrics = ("ari", "nmi", "acc", "f1_macro", "wall_s", "peak_rss_mb")
+        summary = summarise(rows, ["dataset", "fusion"], metrics)
         print(
             table(
                 summary,
                 ["dataset", "fusion", "seeds", "ari", "nmi", "acc", "f1_macro", "wall_s", "peak_rss_mb"],
             )
         )
-    if a.out:
-        with a.out.open("a") as fh:
-            for r in rows:
-                fh.write(json.dumps(r) + "\n")
+    append_jsonl(a.out, rows)
 
 
 if __name__ == "__main__":
