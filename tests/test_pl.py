@@ -253,6 +253,15 @@ def test_loss_draws_every_recorded_term(adata):
     assert ax.get_yscale() == "linear"
 
 
+def test_loss_skips_timings_and_stopping_info(adata):
+    # tl.domains also records per-epoch seconds and the stopping state in the history: not loss curves
+    hist = adata.uns["semst"]["history"]
+    hist.update(seconds=np.full(100, 0.5), stopped_epoch=100, early_stopped=False)
+    ax = semst.pl.loss(adata, return_ax=True)
+    assert "seconds" not in {ln.get_label() for ln in ax.get_lines()}
+    assert len(ax.get_lines()) == 4
+
+
 def test_loss_linear_when_values_not_positive(adata):
     adata.uns["semst"]["history"]["cr"] = np.linspace(-1, 1, 100)
     assert semst.pl.loss(adata, return_ax=True).get_yscale() == "linear"

@@ -22,12 +22,18 @@ _LOSS_LABELS = {
 }
 
 
+#: entries of the training history that are not loss curves
+_NOT_LOSSES = frozenset({"seconds", "stopped_epoch", "early_stopped"})
+
+
 def _history(rec: Mapping, key: str) -> dict[str, np.ndarray]:
     hist = rec.get("history")
     if not isinstance(hist, Mapping) or not hist:
         raise KeyError(f"adata.uns[{key!r}] has no 'history' of the training: run semst.tl.domains first")
     out = {}
     for name, values in hist.items():
+        if str(name) in _NOT_LOSSES or np.ndim(values) == 0:  # timings and stopping info, not losses
+            continue
         arr = np.asarray(values, dtype=float).ravel()
         if arr.size:
             out[str(name)] = arr
