@@ -29,7 +29,14 @@ extensions = [
 
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
 master_doc = "index"
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store", "make_figures.py"]
+exclude_patterns = [
+    "_build",
+    "**.ipynb_checkpoints",
+    "Thumbs.db",
+    ".DS_Store",
+    "make_figures.py",
+    "tutorials/README.md",
+]
 templates_path: list[str] = []
 
 # MyST
@@ -108,7 +115,9 @@ def _tutorial_docs() -> list[str]:
     if not TUTORIALS.is_dir():
         return []
     return sorted(
-        f"tutorials/{p.stem}" for p in TUTORIALS.iterdir() if p.suffix in _TUTORIAL_SUFFIXES and p.is_file()
+        f"tutorials/{p.stem}"
+        for p in TUTORIALS.iterdir()
+        if p.suffix in _TUTORIAL_SUFFIXES and p.is_file() and p.name != "README.md"
     )
 
 
