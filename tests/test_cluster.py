@@ -71,14 +71,22 @@ def test_estimate_n_domains_rejects_bad_range():
         estimate_n_domains(x, k_range=(1, 5))
 
 
+def test_smooth_labels_never_erases_a_domain():
+    # a chain of 6 spots; label 2 is a single spot whose two neighbours both vote 0
+    a = sp.diags([np.ones(5), np.ones(5)], [-1, 1], shape=(6, 6)).tocsr()
+    labels = np.array([0, 0, 2, 0, 1, 1])
+    out = smooth_labels(labels, a)
+    assert set(out) == {0, 1, 2}
+    np.testing.assert_array_equal(out, labels)
+
+
 def test_smooth_labels_majority_over_neighbours():
-    # a path graph 0-1-2-3-4; spot 2 is an isolated label inside a run of zeros
-    rows = [0, 1, 1, 2, 2, 3, 3, 4]
-    cols = [1, 0, 2, 1, 3, 2, 4, 3]
-    a = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(5, 5))
-    labels = np.array([0, 0, 1, 0, 0])
-    np.testing.assert_array_equal(smooth_labels(labels, a), [0, 0, 0, 0, 0])
+    # a path graph 0-1-...-6; spot 2 is an isolated label inside a run of zeros (label 1 lives on at 5-6)
+    a = sp.diags([np.ones(6), np.ones(6)], [-1, 1], shape=(7, 7)).tocsr()
+    labels = np.array([0, 0, 1, 0, 0, 1, 1])
+    np.testing.assert_array_equal(smooth_labels(labels, a), [0, 0, 0, 0, 0, 1, 1])
     # a tie (one neighbour each way) keeps the spot's own label
+    a = sp.diags([np.ones(4), np.ones(4)], [-1, 1], shape=(5, 5)).tocsr()
     labels = np.array([0, 1, 1, 0, 0])
     out = smooth_labels(labels, a)
     assert out[1] == 1 and out[2] == 1

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from sklearn.metrics import adjusted_rand_score
 
 import semst_sc as semst
 from semst_sc._constants import Key
@@ -163,9 +164,35 @@ def test_counts_decoder_runs(adata):
     assert np.isfinite(adata.uns[Key.uns.semst]["history"]["loss"]).all()
 
 
-def test_smoothing(adata):
-    semst.tl.domains(adata, n_domains=5, n_epochs=3, smooth=True, progress=False)
+def test_smoothing_is_a_majority_vote_over_the_spatial_graph(adata):
+    from semst_sc.tl._cluster import cluster_embedding, smooth_labels
+
+    raw = semst.tl.domains(adata, n_domains=5, n_epochs=3, smooth=False, progress=False, copy=True)
+    assert not raw.uns[Key.uns.semst]["params"]["smooth"]
+    semst.tl.domains(adata, n_domains=5, n_epochs=3, progress=False)  # smoothing is the default
     assert adata.uns[Key.uns.semst]["params"]["smooth"]
+    np.testing.assert_array_equal(adata.obsm[Key.obsm.semst], raw.obsm[Key.obsm.semst])
+    labels, _ = cluster_embedding(raw.obsm[Key.obsm.semst], 5, seed=0)
+    expected = smooth_labels(labels, adata.obsp[Key.obsp.spatial_conn])
+    got = adata.obs[Key.obs.domain].cat.codes.to_numpy()
+    # same partition (the categories are renumbered largest first)
+    assert adjusted_rand_score(expected, got) == 1.0
+    assert adjusted_rand_score(labels, got) < 1.0
+
+
+def test_log_input_and_spatial_weighting_are_recorded_and_change_training(adata):
+    a = semst.tl.domains(adata, n_domains=3, n_epochs=2, progress=False, copy=True)
+    b = semst.tl.domains(adata, n_domains=3, n_epochs=2, log_input=False, progress=False, copy=True)
+    c = semst.tl.domains(
+        adata, n_domains=3, n_epochs=2, spatial_weighting="balanced", progress=False, copy=True
+    )
+    pa, pb, pc = (x.uns[Key.uns.semst]["params"] for x in (a, b, c))
+    assert pa["log_input"] and not pb["log_input"] and pa["input_transform"] == "log1p"
+    assert pa["spatial_weighting"] == "reference" and pc["spatial_weighting"] == "balanced"
+    assert not np.allclose(a.obsm[Key.obsm.semst], b.obsm[Key.obsm.semst])
+    assert not np.allclose(
+        a.uns[Key.uns.semst]["history"]["spatial"], c.uns[Key.uns.semst]["history"]["spatial"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -181,6 +208,7 @@ def test_smoothing(adata):
             "'fsm'.*'concat'.*'add'.*'cross_attention'.*'none'",
         ),
         (None, {"n_domains": 3, "cluster_method": "mclust"}, ValueError, "'gmm'.*'kmeans'.*'leiden'"),
+        (None, {"n_domains": 3, "spatial_weighting": "equal"}, ValueError, "'reference'.*'balanced'"),
         (None, {"n_domains": 3, "device": "cuda"}, (RuntimeError, ValueError), "CUDA"),
         ("llm_nan", {"n_domains": 3}, ValueError, "NaN"),
         ("float_counts", {"n_domains": 3}, ValueError, "integer"),

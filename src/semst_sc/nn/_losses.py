@@ -8,11 +8,10 @@ import torch
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .._constants import SPATIAL_WEIGHTINGS
 from ._graph import torch_csr
 
 __all__ = ["SPATIAL_WEIGHTINGS", "correlation_reduction_loss", "spatial_regularization_loss"]
-
-SPATIAL_WEIGHTINGS = ("reference", "balanced")
 
 
 def correlation_reduction_loss(h1: torch.Tensor, h2: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

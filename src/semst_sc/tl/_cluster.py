@@ -256,7 +256,9 @@ def smooth_labels(labels: np.ndarray, adjacency: sp.spmatrix) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        The smoothed labels; a tie keeps the spot's own label.
+        The smoothed labels; a tie keeps the spot's own label. No domain disappears: when the vote would
+        erase a label entirely (a small, scattered domain), its spots keep that label, so the number of
+        domains asked for is kept.
     """
     labels = np.asarray(labels)
     n = labels.shape[0]
@@ -266,5 +268,9 @@ def smooth_labels(labels: np.ndarray, adjacency: sp.spmatrix) -> np.ndarray:
     votes = (a @ onehot + onehot).tocsr()
     # own label wins ties: give it a tiny bonus
     votes = votes + onehot * 0.5
-    out = np.asarray(votes.argmax(axis=1)).ravel()
-    return out.astype(labels.dtype)
+    out = np.asarray(votes.argmax(axis=1)).ravel().astype(labels.dtype)
+    lost = np.setdiff1d(np.unique(labels), np.unique(out))
+    if lost.size:
+        keep = np.isin(labels, lost)
+        out[keep] = labels[keep]
+    return out

@@ -10,7 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._constants import BACKENDS, CLUSTER_METHODS, FUSIONS, Default, Key
+from .._constants import BACKENDS, CLUSTER_METHODS, FUSIONS, SPATIAL_WEIGHTINGS, Default, Key
 from .._validation import check_anndata, check_choice
 from ._cluster import DEFAULT_K_RANGE, cluster_embedding, estimate_n_domains, smooth_labels
 from ._semst import SemST, _versions
@@ -49,18 +49,20 @@ def domains(
     hidden_dim: int = Default.hidden_dim,
     gamma: float = Default.gamma,
     lambda_s: float = Default.lambda_s,
+    spatial_weighting: str = Default.spatial_weighting,
     decoder: str = "faithful",
     gcn_norm: str = "row",
     backend: str = "torch",
     layer: str | None = None,
     preprocess: bool = True,
+    log_input: bool = Default.log_input,
     use_hvg: bool | str = False,
     n_top_genes: int = Default.n_top_genes,
     spatial_mode: str = "radius",
     n_spatial_neighbors: int = Default.spatial_k,
     n_feature_neighbors: int = Default.feature_k,
     k_range: tuple[int, int] = DEFAULT_K_RANGE,
-    smooth: bool = False,
+    smooth: bool = Default.smooth,
     early_stopping: bool = False,
     llm_key: str = Key.obsm.llm,
     key_added: str = Key.obs.domain,
@@ -101,6 +103,11 @@ def domains(
         Embedding and hidden widths.
     gamma, lambda_s
         Weights of the correlation-reduction and spatial-regularisation losses.
+    spatial_weighting
+        Scale of the spatial loss: ``'balanced'`` (mean over neighbour pairs and mean over sampled
+        non-neighbour pairs, weighted equally, independent of the number of spots) or ``'reference'`` (the
+        reference code's all-pairs average, where neighbours weigh about E / N^2). See
+        :func:`semst_sc.nn.spatial_regularization_loss` and the benchmarks for the measured difference.
     decoder
         ``'faithful'`` (ZINB on the scaled matrix, as in the paper's code) or ``'counts'`` (ZINB on raw HVG
         counts with size factors).
@@ -114,6 +121,9 @@ def domains(
     preprocess
         ``True``: the input is raw counts and the method's preprocessing runs on a copy. ``False``: the input
         is already preprocessed (non-negative) and is used as it is.
+    log_input
+        With ``preprocess=True``: feed ``log1p`` of the scaled matrix to the two GCNs (the feature graph and
+        the ZINB target stay on the scaled matrix). ``False`` is the reference's input.
     use_hvg
         With ``preprocess=False``: restrict to ``var['highly_variable']`` (``True``) or to another boolean
         ``var`` column (its name).
@@ -127,7 +137,8 @@ def domains(
     k_range
         Candidates for the estimation of ``n_domains``.
     smooth
-        Majority vote of labels over spatial neighbours after clustering.
+        Majority vote of each spot's label over itself and its spatial neighbours after clustering (on by
+        default: it removes isolated spots inside a domain; ``False`` gives the raw clustering).
     early_stopping
         Label-free early stopping on the training loss plateau.
     llm_key, key_added, embedding_key, spatial_key
@@ -158,6 +169,7 @@ def domains(
     check_choice("fusion", fusion, FUSIONS)
     check_choice("cluster_method", cluster_method, CLUSTER_METHODS)
     check_choice("backend", backend, BACKENDS)
+    check_choice("spatial_weighting", spatial_weighting, SPATIAL_WEIGHTINGS)
     if backend == "dgl":
         from .._train import resolve_device
         from ..nn._dgl import check_dgl_device, require_dgl
@@ -185,6 +197,7 @@ def domains(
         device=device,
         layer=layer,
         preprocess=preprocess,
+        log_input=log_input,
         use_hvg=use_hvg,
         n_top_genes=n_top_genes,
         spatial_key=spatial_key,
@@ -199,6 +212,7 @@ def domains(
         weight_decay=weight_decay,
         gamma=gamma,
         lambda_s=lambda_s,
+        spatial_weighting=spatial_weighting,
         early_stopping=early_stopping,
         progress=progress,
     )

@@ -121,6 +121,7 @@ def prepare(
     n_feature_neighbors: int = Default.feature_k,
     llm_key: str | None = Key.obsm.llm,
     llm_standardize: bool = True,
+    log_input: bool = Default.log_input,
     seed: int = Default.seed,
     write_graphs: bool = True,
 ) -> Prepared:
@@ -128,6 +129,8 @@ def prepare(
 
     Missing graphs are built (spatial through squidpy, feature as cosine kNN on the preprocessed matrix)
     and, when ``write_graphs``, stored under new keys; existing keys are reused, never overwritten.
+    ``log_input`` (with ``preprocess=True`` only) feeds ``log1p`` of the scaled matrix to the GCNs; the
+    feature graph and the ZINB target stay on the scaled matrix itself.
     """
     from ..gr import cosine_knn_graph, spatial_graph
 
@@ -165,6 +168,10 @@ def prepare(
             adata.obsp[feature_key] = adj_fea
             logg.info(f"    added feature graph .obsp[{feature_key!r}]")
 
+    if log_input and preprocess:
+        x = x.copy()
+        np.log1p(x.data, out=x.data)
+        info["input_transform"] = "log1p"
     if h_llm is not None and llm_standardize:
         h_llm = _standardize(h_llm)
     return Prepared(x, target, sf, genes, adj_spa, adj_fea, h_llm, info)
@@ -296,10 +303,14 @@ class SemST:
         weight_decay: float = Default.weight_decay,
         gamma: float = Default.gamma,
         lambda_s: float = Default.lambda_s,
+        spatial_weighting: str = Default.spatial_weighting,
         early_stopping: bool = False,
         progress: bool = True,
     ) -> SemST:
-        """Train the network label-free (Adam, full graph, one step per epoch). Returns ``self``."""
+        """Train the network label-free (Adam, full graph, one step per epoch). Returns ``self``.
+
+        ``spatial_weighting`` scales the spatial loss (see :func:`semst_sc.nn.spatial_regularization_loss`).
+        """
         from .._train import train
 
         if n_epochs < 1:
@@ -313,6 +324,7 @@ class SemST:
             weight_decay=weight_decay,
             gamma=gamma,
             lambda_s=lambda_s,
+            spatial_weighting=spatial_weighting,
             device=self.device,
             seed=self.params["seed"],
             progress=progress,
@@ -324,6 +336,7 @@ class SemST:
             weight_decay=float(weight_decay),
             gamma=float(gamma),
             lambda_s=float(lambda_s),
+            spatial_weighting=spatial_weighting,
             early_stopping=bool(early_stopping),
         )
         self.train_time = time.perf_counter() - start
@@ -374,6 +387,9 @@ class SemST:
                 "spatial_key",
                 "llm_key",
                 "spatial_mode",
+                "n_spatial_neighbors",
+                "n_feature_neighbors",
+                "log_input",
             )
             if k in p
         }
