@@ -1,8 +1,9 @@
 """Draw the figures of the docs that are not made by the package itself.
 
-Run from the repository root (it writes ``docs/_static/method.png``)::
+Run from the repository root (it writes ``docs/_static/method.png``; with ``--quickstart`` also
+``docs/_static/quickstart.png``, the README's picture, made by running the README's quick start)::
 
-    python docs/make_figures.py
+    python docs/make_figures.py [--quickstart]
 
 The figure is committed; the docs build does not run this script.
 """
@@ -148,10 +149,26 @@ def method_figure(path: Path) -> None:
     plt.close(fig)
 
 
+def quickstart_figure(path: Path) -> None:
+    """The README's quick start on the bundled demo, drawn as annotation vs domains."""
+    import semst_sc as semst
+
+    adata = semst.datasets.demo()
+    semst.tl.semantic_embedding(adata, progress=False)
+    semst.tl.domains(adata, n_domains=7, progress=False)
+    semst.pl.compare(adata, "layer_guess_reordered", "semst_domain", save=path)
+    plt.close("all")
+
+
 def main() -> None:
+    import sys
+
     OUT.mkdir(parents=True, exist_ok=True)
     method_figure(OUT / "method.png")
     print(f"wrote {OUT / 'method.png'}")
+    if "--quickstart" in sys.argv[1:]:
+        quickstart_figure(OUT / "quickstart.png")
+        print(f"wrote {OUT / 'quickstart.png'}")
 
 
 if __name__ == "__main__":
