@@ -21,6 +21,7 @@ from ._fusion import (
     NoFusion,
     make_fusion,
 )
+from ._gat import AttentionGraph, GATAutoencoder, GATOutput, edge_aggregate, edge_softmax
 from ._gcn import GCN, GCNLayer, feature_matmul
 from ._graph import edge_index, normalize_adjacency, scipy_to_torch_csr
 from ._losses import SPATIAL_WEIGHTINGS, correlation_reduction_loss, spatial_regularization_loss
@@ -33,11 +34,14 @@ __all__ = [
     "GCN",
     "SPATIAL_WEIGHTINGS",
     "AddFusion",
+    "AttentionGraph",
     "ConcatFusion",
     "CrossAttentionFusion",
     "DGLGCNLayer",
     "FSMFusion",
     "Fusion",
+    "GATAutoencoder",
+    "GATOutput",
     "GCNLayer",
     "NoFusion",
     "SemSTModule",
@@ -47,7 +51,9 @@ __all__ = [
     "check_dgl_device",
     "correlation_reduction_loss",
     "dgl_problem",
+    "edge_aggregate",
     "edge_index",
+    "edge_softmax",
     "feature_matmul",
     "make_fusion",
     "normalize_adjacency",
