@@ -504,6 +504,20 @@ def test_unavailable_cuda_is_a_clear_error(tiny_bert, small):
         semantic_embedding(small.copy(), str(tiny_bert), device="cuda", progress=False)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("which", ["bert", "qwen"])
+def test_cuda_embedding_matches_cpu(which, tiny_bert, tiny_qwen, small):
+    """The GPU path (fp32 on CUDA) gives the CPU's vectors, for an encoder and for a causal model."""
+    path = str(tiny_bert if which == "bert" else tiny_qwen)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        a = small[np.asarray(small.X.sum(1)).ravel() > 0].copy()  # its spot 's1' has no counts
+        semantic_embedding(a, path, device=dev, dtype="float32", progress=False, use_cache=False)
+        out[dev] = a.obsm[Key.obsm.llm]
+        assert str(a.uns[Key.uns.llm]["device"]).startswith(dev)
+    np.testing.assert_allclose(out["cuda"], out["cpu"], rtol=1e-3, atol=1e-4)
+
+
 def test_non_count_input(tiny_bert, small):
     a = small.copy()
     a.X = a.X * 0.5
