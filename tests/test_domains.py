@@ -210,6 +210,7 @@ def test_log_input_and_spatial_weighting_are_recorded_and_change_training(adata)
         (None, {"n_domains": 3, "cluster_method": "mclust"}, ValueError, "'gmm'.*'kmeans'.*'leiden'"),
         (None, {"n_domains": 3, "spatial_weighting": "equal"}, ValueError, "'reference'.*'balanced'"),
         (None, {"n_domains": 3, "device": "cuda"}, (RuntimeError, ValueError), "CUDA"),
+        (None, {"n_domains": 3, "precision": "half"}, ValueError, "'float32'.*'bfloat16'"),
         ("llm_nan", {"n_domains": 3}, ValueError, "NaN"),
         ("float_counts", {"n_domains": 3}, ValueError, "integer"),
         ("no_spatial", {"n_domains": 3}, KeyError, "spatial"),
@@ -254,3 +255,22 @@ def test_class_api_save_load_roundtrip(adata, tmp_path):
     assert again.history["loss"].shape == (5,)
     with pytest.raises(RuntimeError, match="train"):
         semst.tl.SemST(adata).get_embedding()
+
+
+def test_bfloat16_precision_trains_is_recorded_and_reloads(adata, tmp_path, monkeypatch):
+    model = semst.tl.SemST(adata, seed=0, precision="bfloat16")
+    assert model.module.precision == "bfloat16" and model.params["precision"] == "bfloat16"
+    model.train(3, progress=False)
+    assert np.isfinite(model.history["loss"]).all()
+    emb = model.get_embedding()
+    assert emb.dtype == np.float32 and np.isfinite(emb).all()
+    model.save(tmp_path / "m.pt")
+    again = semst.tl.SemST.load(tmp_path / "m.pt", adata)
+    assert again.module.precision == "bfloat16"
+    np.testing.assert_allclose(again.get_embedding(), emb, rtol=1e-5, atol=1e-6)
+    # a CPU without native bfloat16 gets told that float32 is faster there
+    import semst_sc.tl._semst as semst_module
+
+    monkeypatch.setattr(semst_module, "_cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="native bfloat16"):
+        semst.tl.SemST(adata, precision="bfloat16", device="cpu")

@@ -67,6 +67,7 @@ class Default:
     log_input = True
     smooth = True
     seed = 0
+    precision = "float32"
 
 
 # Valid choices, used by validation to list the options in error messages.
@@ -76,6 +77,9 @@ SPATIAL_MODES = ("radius", "knn", "adaptive")
 GCN_NORMS = ("row", "sym")
 SPATIAL_WEIGHTINGS = ("reference", "balanced")
 BACKENDS = ("torch", "dgl")
+# Operand type of the two large matrix products per epoch (the first GCN layer and the ZINB heads);
+# everything else, the sums and the loss stay float32. "bfloat16": mixed precision, opt-in.
+PRECISIONS = ("float32", "bfloat16")
 
 # Semantic embedding (semst.tl.semantic_embedding).
 LLM_MODES = ("prompt", "gene")

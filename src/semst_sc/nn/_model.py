@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._constants import FUSIONS, GCN_NORMS
+from .._constants import FUSIONS, GCN_NORMS, PRECISIONS
 from ._fusion import make_fusion
 from ._gcn import GCN, feature_matmul
 from ._losses import SPATIAL_WEIGHTINGS, correlation_reduction_loss, spatial_regularization_loss
@@ -74,6 +74,12 @@ class SemSTModule(nn.Module):
         ``"faithful"`` (ZINB on the scaled matrix) or ``"counts"`` (ZINB on raw counts with size factors).
     fusion_kwargs
         Extra options for the fusion (e.g. ``{"n_tokens": 8}``, ``{"init_scale": 0.01}``).
+    precision
+        ``"float32"`` (default) or ``"bfloat16"``: mixed precision for the two large matrix products of an
+        epoch, ``x @ W`` of the first GCN layer (dense ``x`` only) and the ZINB heads. Their operands are
+        rounded to bfloat16 and the products accumulate in float32; every other operation, the loss and
+        the parameters stay float32. About 2x faster products on CPUs with native bfloat16 (AVX512-BF16,
+        AMX) and on GPUs; slower than float32 on CPUs without it.
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class SemSTModule(nn.Module):
         dropout: float = 0.0,
         decoder: str = "faithful",
         fusion_kwargs: dict[str, Any] | None = None,
+        precision: str = "float32",
     ) -> None:
         super().__init__()
         for name, v in (("n_genes", n_genes), ("hidden", hidden), ("latent", latent)):
@@ -105,6 +112,10 @@ class SemSTModule(nn.Module):
             raise ValueError(
                 f"Unknown `decoder` {decoder!r}; valid choices: {', '.join(map(repr, DECODER_MODES))}."
             )
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"Unknown `precision` {precision!r}; valid choices: {', '.join(map(repr, PRECISIONS))}."
+            )
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout}.")
         self.n_genes, self.llm_dim = n_genes, (llm_dim if fusion != "none" else None)
@@ -116,6 +127,7 @@ class SemSTModule(nn.Module):
             decoder,
         )
         self.fusion_kwargs = dict(fusion_kwargs or {})
+        self.precision = precision
         self.gcn_spa = GCN(n_genes, hidden, latent, self.dropout)
         self.gcn_fea = GCN(n_genes, hidden, latent, self.dropout)
         self.fusion = make_fusion(
@@ -137,6 +149,7 @@ class SemSTModule(nn.Module):
             "dropout": self.dropout,
             "decoder": self.decoder_mode,
             "fusion_kwargs": dict(self.fusion_kwargs),
+            "precision": self.precision,
         }
 
     @classmethod
@@ -144,6 +157,10 @@ class SemSTModule(nn.Module):
         """Build a module from :attr:`config`."""
         cfg = dict(config)
         return cls(cfg.pop("n_genes"), cfg.pop("llm_dim"), **cfg)
+
+    @property
+    def _matmul_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.precision == "bfloat16" else None
 
     @property
     def uses_llm(self) -> bool:
@@ -167,7 +184,10 @@ class SemSTModule(nn.Module):
                 raise ValueError(f"`{name}` must be ({n} x {n}) to match `x`, got {tuple(a.shape)}.")
         # x @ [W_spa | W_fea] once for both branches
         w = torch.cat([self.gcn_spa.layer1.weight, self.gcn_fea.layer1.weight], dim=1)
-        support = feature_matmul(x, w)
+        if self.precision == "bfloat16" and x.layout == torch.strided:
+            support = (x.to(torch.bfloat16) @ w.to(torch.bfloat16)).float()
+        else:
+            support = feature_matmul(x, w)
         hid = self.hidden
         h_spa = self.gcn_spa.forward_from_support(support[:, :hid].contiguous(), adj_spa)
         h_fea = self.gcn_fea.forward_from_support(support[:, hid:].contiguous(), adj_fea)
@@ -253,7 +273,9 @@ class SemSTModule(nn.Module):
                 f"Unknown `spatial_weighting` {spatial_weighting!r}; "
                 f"valid choices: {', '.join(map(repr, SPATIAL_WEIGHTINGS))}."
             )
-        l_zinb = self.decoder.nll(out.decoder_hidden, target, out.size_factors, ridge=ridge)
+        l_zinb = self.decoder.nll(
+            out.decoder_hidden, target, out.size_factors, ridge=ridge, matmul_dtype=self._matmul_dtype
+        )
         l_cr = correlation_reduction_loss(out.h_spa, out.h_fea)
         rows, cols = spatial_edges
         l_s = spatial_regularization_loss(

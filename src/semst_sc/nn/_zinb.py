@@ -224,8 +224,14 @@ class _FusedZINBLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, weight, bias, size_factors, target, ridge, eps, chunk_rows, workspace, with_grad):
+    def forward(
+        ctx, h, weight, bias, size_factors, target, ridge, eps, chunk_rows, workspace, with_grad, matmul_dtype
+    ):
         n, m = target.shape
+        # mixed precision: the head products take rounded operands and accumulate in float32
+        low = matmul_dtype is not None and matmul_dtype != h.dtype
+        h_low = h.to(matmul_dtype) if low else None
+        w_low = weight.to(matmul_dtype) if low else None
         total = torch.zeros((), dtype=torch.float64, device=h.device)
         grad_h = torch.empty_like(h) if with_grad else None
         grad_w = torch.zeros_like(weight) if with_grad else None
@@ -239,7 +245,10 @@ class _FusedZINBLoss(torch.autograd.Function):
             rr = r1 - r0
             hc = h[r0:r1]
             logits = workspace.get("logits", (chunk_rows, 3 * m), h)[:rr]
-            torch.addmm(bias, hc, weight.t(), out=logits)
+            if low:
+                logits.copy_(torch.mm(h_low[r0:r1], w_low.t())).add_(bias)
+            else:
+                torch.addmm(bias, hc, weight.t(), out=logits)
             la, lb, lc = logits[:, :m], logits[:, m : 2 * m], logits[:, 2 * m :]
             # the heads
             mu = torch.clamp(la, lo, hi).exp_()  # == clamp(exp(a), MU_MIN, MU_MAX)
@@ -301,8 +310,13 @@ class _FusedZINBLoss(torch.autograd.Function):
             if th_min <= THETA_MIN or th_max >= THETA_MAX:
                 gb.masked_fill_((theta <= THETA_MIN) | (theta >= THETA_MAX), 0.0)
             torch.mul(g_pi, pi, out=gc).mul_(one_m_pi)
-            torch.mm(g, weight, out=grad_h[r0:r1])
-            grad_w.addmm_(g.t(), hc)
+            if low:
+                g_low = g.to(matmul_dtype)
+                grad_h[r0:r1].copy_(torch.mm(g_low, w_low))
+                grad_w.add_(torch.mm(g_low.t(), h_low[r0:r1]))
+            else:
+                torch.mm(g, weight, out=grad_h[r0:r1])
+                grad_w.addmm_(g.t(), hc)
             grad_b.add_(g.sum(0))
         if with_grad:  # the 1 / (N M) of the mean, applied once
             grad_h.mul_(scale)
@@ -321,6 +335,7 @@ class _FusedZINBLoss(torch.autograd.Function):
             grad_out * grad_h,
             grad_out * grad_w,
             grad_out * grad_b,
+            None,
             None,
             None,
             None,
@@ -418,6 +433,7 @@ class ZINBDecoder(nn.Module):
         ridge: float = 0.05,
         eps: float = 1e-10,
         chunk_rows: int | None = None,
+        matmul_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """ZINB loss of ``target`` given the hidden state ``h`` (the fused, chunked computation).
 
@@ -437,6 +453,9 @@ class ZINBDecoder(nn.Module):
         chunk_rows
             Rows per chunk (default: about 2^20 entries of the N x M matrix per chunk on CPU with one
             thread, 2^22 with several, 2^24 on GPU).
+        matmul_dtype
+            None: the head products in the dtype of ``h``. ``torch.bfloat16``: their operands are rounded
+            to bfloat16 and they accumulate in float32 (mixed precision); the loss itself stays float32.
         """
         if not isinstance(target, ZINBTarget):
             target = ZINBTarget(target, device=h.device, dtype=h.dtype)
@@ -465,6 +484,7 @@ class ZINBDecoder(nn.Module):
             chunk,
             self._workspace,
             with_grad,
+            matmul_dtype,
         )
 
     def extra_repr(self) -> str:

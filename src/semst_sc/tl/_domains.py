@@ -70,6 +70,7 @@ def domains(
     spatial_key: str = Key.obsm.spatial,
     seed: int = Default.seed,
     device: str | None = None,
+    precision: str = Default.precision,
     progress: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
@@ -147,6 +148,11 @@ def domains(
         One seed for numpy, torch and clustering; the same seed on CPU gives the same labels.
     device
         ``None``: CUDA when available, else CPU; ``'cpu'``, ``'cuda'``, ``'cuda:1'``...
+    precision
+        ``'float32'`` (default) or ``'bfloat16'``: mixed precision for the two large matrix products of each
+        epoch (operands rounded to bfloat16, float32 accumulation; the loss, the parameters and everything
+        else stay float32). Faster on CPUs with native bfloat16 (AVX512-BF16, AMX) and on GPUs; warns on a
+        CPU without it. The benchmarks page gives the measured speed and ARI.
     progress
         Show a progress bar with the current loss.
     copy
@@ -195,6 +201,7 @@ def domains(
         backend=backend,
         seed=seed,
         device=device,
+        precision=precision,
         layer=layer,
         preprocess=preprocess,
         log_input=log_input,

@@ -7,6 +7,7 @@ Data flow: AnnData -> :class:`Prepared` (scipy / numpy) -> ``semst_sc.nn`` modul
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -18,7 +19,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._constants import BACKENDS, FUSIONS, GCN_NORMS, Default, Key
+from .._constants import BACKENDS, FUSIONS, GCN_NORMS, PRECISIONS, Default, Key
 from .._validation import check_anndata, check_choice, check_obsm, check_spatial, get_counts
 
 DECODERS = ("faithful", "counts")
@@ -177,6 +178,16 @@ def prepare(
     return Prepared(x, target, sf, genes, adj_spa, adj_fea, h_llm, info)
 
 
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (oneDNN's own check; False if unknown)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class SemST:
     """The SemST model bound to an AnnData: prepare, train, embed, cluster, save and load.
 
@@ -204,6 +215,10 @@ class SemST:
         Drives numpy, torch and the clustering.
     device
         ``None``: CUDA when available, else CPU.
+    precision
+        ``'float32'`` (default) or ``'bfloat16'``: mixed precision for the two large matrix products of an
+        epoch (the first GCN layer and the ZINB heads), about 1.3x faster epochs on CPUs with native
+        bfloat16 and on GPUs (see :class:`~semst_sc.nn.SemSTModule`); warns where the CPU lacks it.
     **prepare_kwargs
         Passed to :func:`semst_sc.tl._semst.prepare` (``layer``, ``preprocess``, ``use_hvg``, graph options).
     """
@@ -220,11 +235,13 @@ class SemST:
         backend: str = "torch",
         seed: int = Default.seed,
         device: str | None = None,
+        precision: str = Default.precision,
         **prepare_kwargs: Any,
     ) -> None:
         from .._train import resolve_device
 
         check_choice("fusion", fusion, FUSIONS)
+        check_choice("precision", precision, PRECISIONS)
         check_choice("gcn_norm", gcn_norm, GCN_NORMS)
         check_choice("backend", backend, BACKENDS)
         self.device = resolve_device(device)  # an unavailable device fails before any work
@@ -233,6 +250,13 @@ class SemST:
 
             require_dgl()
             check_dgl_device(self.device)
+        if precision == "bfloat16" and self.device.type == "cpu" and not _cpu_has_bf16():
+            warnings.warn(
+                "precision='bfloat16' on a CPU without native bfloat16 instructions: the products are "
+                "emulated and slower than float32. Use precision='float32' (the default) here.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.adata = adata
         self.data = prepare(adata, decoder=decoder, seed=seed, **prepare_kwargs)
         if fusion != "none" and self.data.h_llm is None:
@@ -251,6 +275,7 @@ class SemST:
             "backend": backend,
             "seed": int(seed),
             "device": str(self.device),
+            "precision": precision,
             "semantics": "off" if fusion == "none" else "on",
             **{k: v for k, v in prepare_kwargs.items() if isinstance(v, str | int | float | bool)},
         }
@@ -274,6 +299,7 @@ class SemST:
             fusion=p["fusion"],
             gcn_norm=p["gcn_norm"],
             decoder=p["decoder"],
+            precision=p["precision"],
         )
         if p["backend"] == "dgl":
             from ..nn._dgl import use_dgl
@@ -403,6 +429,7 @@ class SemST:
             backend=p.get("backend", "torch"),
             seed=p["seed"],
             device=device,
+            precision=p.get("precision", Default.precision),
             **prep_keys,
         )
         if list(map(str, model.data.genes)) != list(state["genes"]):
