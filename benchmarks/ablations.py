@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATASETS, SHARED, append_jsonl, run_json, summarise, table
 
@@ -74,6 +76,38 @@ def _llm(name: str, top_k: int) -> str:
     return str(out)
 
 
+STUDY_COLUMN = {"fusion": "fusion", "semantics": "semantics", "topk": "top_k", "plugin": "model"}
+
+
+def study_tables(study: str, path: Path) -> str:
+    """Markdown tables of one study from a JSON-lines file: ARI per dataset x variant (mean +- sd over the
+    seeds, and which seeds), then every metric in long form."""
+    col = STUDY_COLUMN[study]
+    rows = [r for r in map(json.loads, path.read_text().splitlines()) if col in r and "ari" in r]
+    # the latest record per (dataset, variant, seed) counts, so a rerun replaces the older one
+    latest = {(r["dataset"], r[col], r["seed"]): r for r in rows}
+    rows = list(latest.values())
+    variants = list(dict.fromkeys(r[col] for r in rows))
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    head = ["dataset", *map(str, variants)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for d in datasets:
+        cells = [d]
+        for v in variants:
+            sel = sorted((r for r in rows if r["dataset"] == d and r[col] == v), key=lambda r: r["seed"])
+            if not sel:
+                cells.append("")
+                continue
+            ari = np.array([r["ari"] for r in sel])
+            seeds = ",".join(str(r["seed"]) for r in sel)
+            cells.append(f"{ari.mean():.3f} +- {ari.std():.3f} (seeds {seeds})")
+        lines.append("| " + " | ".join(cells) + " |")
+    metrics = ("ari", "nmi", "acc", "f1_macro", "wall_s")
+    by = ["dataset", col]
+    rows.sort(key=lambda r: (datasets.index(r["dataset"]), variants.index(r[col]), r["seed"]))
+    return "\n".join(lines) + "\n\n" + table(summarise(rows, by, metrics), [*by, "seeds", *metrics])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", choices=["fusion", "semantics", "topk", "plugin"])
@@ -81,7 +115,17 @@ def main() -> None:
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     p.add_argument("--extra", default="")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--table-only",
+        type=Path,
+        default=None,
+        metavar="JSONL",
+        help="run nothing: print the study's tables over every seed recorded in JSONL",
+    )
     a = p.parse_args()
+    if a.table_only is not None:
+        print(study_tables(a.study, a.table_only))
+        return
 
     runs = []  # (label dict, code)
     for name in a.datasets:
@@ -113,10 +157,7 @@ def main() -> None:
         r.update(label)
         rows.append(r)
         print(json.dumps(r), flush=True)
-    by = [
-        "dataset",
-        {"fusion": "fusion", "semantics": "semantics", "topk": "top_k", "plugin": "model"}[a.study],
-    ]
+    by = ["dataset", STUDY_COLUMN[a.study]]
     metrics = ("ari", "nmi", "acc", "f1_macro", "wall_s")
     print(table(summarise(rows, by, metrics), [*by, "seeds", *metrics]))
     append_jsonl(a.out, rows)

@@ -78,8 +78,8 @@ class SemSTModule(nn.Module):
         ``"float32"`` (default) or ``"bfloat16"``: mixed precision for the two large matrix products of an
         epoch, ``x @ W`` of the first GCN layer (dense ``x`` only) and the ZINB heads. Their operands are
         rounded to bfloat16 and the products accumulate in float32; every other operation, the loss and
-        the parameters stay float32. About 2x faster products on CPUs with native bfloat16 (AVX512-BF16,
-        AMX) and on GPUs; slower than float32 on CPUs without it.
+        the parameters stay float32. The products run about 2x faster on a CPU with native bfloat16
+        (AVX512-BF16, AMX; measured here); on CPUs without it they are emulated and expected to be slower.
     """
 
     def __init__(

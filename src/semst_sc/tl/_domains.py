@@ -151,8 +151,8 @@ def domains(
     precision
         ``'float32'`` (default) or ``'bfloat16'``: mixed precision for the two large matrix products of each
         epoch (operands rounded to bfloat16, float32 accumulation; the loss, the parameters and everything
-        else stay float32). Faster on CPUs with native bfloat16 (AVX512-BF16, AMX) and on GPUs; warns on a
-        CPU without it. The benchmarks page gives the measured speed and ARI.
+        else stay float32). Faster on CPUs with native bfloat16 (AVX512-BF16, AMX); warns on a CPU
+        without it. The benchmarks page gives the measured speed and ARI.
     progress
         Show a progress bar with the current loss.
     copy

@@ -217,8 +217,9 @@ class SemST:
         ``None``: CUDA when available, else CPU.
     precision
         ``'float32'`` (default) or ``'bfloat16'``: mixed precision for the two large matrix products of an
-        epoch (the first GCN layer and the ZINB heads), about 1.3x faster epochs on CPUs with native
-        bfloat16 and on GPUs (see :class:`~semst_sc.nn.SemSTModule`); warns where the CPU lacks it.
+        epoch (the first GCN layer and the ZINB heads): epochs about 1.2x faster on DLPFC on a CPU with
+        native bfloat16 (see :class:`~semst_sc.nn.SemSTModule`; not measured on a GPU); warns where the
+        CPU lacks it.
     **prepare_kwargs
         Passed to :func:`semst_sc.tl._semst.prepare` (``layer``, ``preprocess``, ``use_hvg``, graph options).
     """
