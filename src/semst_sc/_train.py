@@ -276,8 +276,12 @@ def _prepare(
     if inputs.size_factors is not None:
         sf = torch.as_tensor(np.asarray(inputs.size_factors, dtype=np.float32).reshape(-1), device=device)
     target = ZINBTarget(inputs.target, device=device, dtype=dtype) if with_target else None
+    x = _x_to_torch(inputs.x, device, dtype)
+    if module._matmul_dtype is not None and x.layout == torch.strided:
+        # the input is constant: round it once here rather than in SemSTModule.encode at every epoch
+        x = x.to(module._matmul_dtype)
     return _DeviceInputs(
-        _x_to_torch(inputs.x, device, dtype),
+        x,
         adj_spa,
         adj_fea,
         target,

@@ -184,8 +184,9 @@ class SemSTModule(nn.Module):
                 raise ValueError(f"`{name}` must be ({n} x {n}) to match `x`, got {tuple(a.shape)}.")
         # x @ [W_spa | W_fea] once for both branches
         w = torch.cat([self.gcn_spa.layer1.weight, self.gcn_fea.layer1.weight], dim=1)
-        if self.precision == "bfloat16" and x.layout == torch.strided:
-            support = (x.to(torch.bfloat16) @ w.to(torch.bfloat16)).float()
+        low = self._matmul_dtype
+        if low is not None and x.layout == torch.strided:
+            support = (x.to(low) @ w.to(low)).float()  # x.to is free when the caller rounded x already
         else:
             support = feature_matmul(x, w)
         hid = self.hidden
