@@ -31,6 +31,29 @@ def load(name: str):
     return ad.read_h5ad(path), truth, k
 
 
+def synthetic_tissue(n: int, n_genes: int = 3000):
+    """The scaling benchmarks' tissue: ``n`` spots on a square grid (pitch 100) in 5 bands, Poisson counts.
+
+    Counts are drawn in blocks of rows (the same numbers as one draw over the whole matrix), so no dense
+    n x genes matrix is ever held. Raw counts in ``X`` (CSR float32), coordinates in ``obsm['spatial']``.
+    """
+    import anndata as ad
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    side = int(np.ceil(np.sqrt(n)))
+    xy = np.stack(np.divmod(np.arange(n), side), 1).astype(np.float32) * 100.0
+    domain = (xy[:, 0] // (side * 100 / 5)).astype(int)
+    rates = rng.gamma(0.3, 1.0, size=(5, n_genes)).astype(np.float32)
+    blocks = [
+        sp.csr_matrix(rng.poisson(rates[domain[a : a + 20_000]] * 0.6).astype(np.float32))
+        for a in range(0, n, 20_000)
+    ]
+    adata = ad.AnnData(sp.vstack(blocks).tocsr(), obsm={"spatial": xy})
+    adata.var_names = [f"g{i}" for i in range(n_genes)]
+    return adata
+
+
 def run_json(code: str, timeout: float = 3600) -> dict:
     """Run ``code`` in a fresh interpreter; it must print one JSON object as its last stdout line.
 

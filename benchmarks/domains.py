@@ -38,20 +38,13 @@ res.update(wall_s=wall, epochs=len(adata.uns['semst']['history']['loss']),
 """
 
 SCALE = """
-import time, numpy as np, scipy.sparse as sp, anndata as ad, torch
+import sys, time, numpy as np, torch
+sys.path.insert(0, {bench!r})
 import semst_sc as semst
+from _common import synthetic_tissue
 torch.set_num_threads({threads})
-n, g = {n}, 3000
-rng = np.random.default_rng(0)
-side = int(np.ceil(np.sqrt(n)))
-xy = np.stack(np.divmod(np.arange(n), side), 1).astype(np.float32) * 100.0
-domain = (xy[:, 0] // (side * 100 / 5)).astype(int)  # 5 bands
-rates = rng.gamma(0.3, 1.0, size=(5, g)).astype(np.float32)
-lam = rates[domain] * 0.6
-counts = rng.poisson(lam).astype(np.float32)
-adata = ad.AnnData(sp.csr_matrix(counts), obsm={{'spatial': xy}})
-adata.var_names = [f'g{{i}}' for i in range(g)]
-del counts, lam
+n = {n}
+adata = synthetic_tissue(n)  # 3000 genes, 5 bands; drawn in row blocks (no dense n x genes matrix)
 t = time.perf_counter()
 semst.tl.domains(adata, n_domains=5, n_epochs={epochs}, fusion='none', progress=False,
                  spatial_mode='knn', n_spatial_neighbors=8)
@@ -78,7 +71,11 @@ def main() -> None:
     rows = []
     if a.scaling:
         for n in a.sizes:
-            r = run_json(SCALE.format(n=n, epochs=a.epochs, threads=a.threads))
+            r = run_json(
+                SCALE.format(
+                    n=n, epochs=a.epochs, threads=a.threads, bench=str(Path(__file__).resolve().parent)
+                )
+            )
             r.setdefault("n_spots", n)
             rows.append(r)
             print(json.dumps(r), flush=True)

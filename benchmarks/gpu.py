@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, load
+from _common import DATASETS, load, synthetic_tissue
 
 
 def _sync():
@@ -119,24 +119,12 @@ def _datasets(names, seeds, cpu_threads, out) -> list[dict]:
     return rows
 
 
-def _synthetic(n: int, n_genes: int = 3000):
-    """The tissue of ``domains.py --scaling``: a grid in 5 bands, Poisson counts; kNN-8 grid graph attached."""
-    import anndata as ad
-    import scipy.sparse as sp
+def _synthetic(n: int):
+    """The tissue of ``domains.py --scaling`` with a kNN-8 grid graph attached where tl.domains reuses it."""
     from sklearn.neighbors import kneighbors_graph
 
-    rng = np.random.default_rng(0)
-    side = int(np.ceil(np.sqrt(n)))
-    xy = np.stack(np.divmod(np.arange(n), side), 1).astype(np.float32) * 100.0
-    domain = (xy[:, 0] // (side * 100 / 5)).astype(int)
-    rates = rng.gamma(0.3, 1.0, size=(5, n_genes)).astype(np.float32)
-    blocks = []
-    for a in range(0, n, 20_000):  # generated in row blocks: never a dense n x genes float64 matrix
-        lam = rates[domain[a : a + 20_000]] * 0.6
-        blocks.append(sp.csr_matrix(rng.poisson(lam).astype(np.float32)))
-    adata = ad.AnnData(sp.vstack(blocks).tocsr(), obsm={"spatial": xy})
-    adata.var_names = [f"g{i}" for i in range(n_genes)]
-    conn = kneighbors_graph(xy, 8, include_self=False)
+    adata = synthetic_tissue(n)
+    conn = kneighbors_graph(adata.obsm["spatial"], 8, include_self=False)
     adata.obsp["spatial_connectivities"] = ((conn + conn.T) > 0).astype(np.float32).tocsr()
     return adata
 
