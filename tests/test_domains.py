@@ -64,6 +64,10 @@ def test_domains_writes_contract_slots_and_keeps_user_data(adata, tmp_path):
     assert set(uns["history"]) >= {"loss", "zinb", "cr", "spatial"}
     assert len(uns["history"]["loss"]) == EPOCHS
     assert {"torch", "semst-sc", "scanpy"} <= set(uns["versions"])
+    # what besides the seed fixes the numbers on a CPU: the thread count and the processor
+    env = uns["environment"]
+    assert env["torch_num_threads"] == torch.get_num_threads() and env["deterministic_on_rerun"]
+    assert isinstance(env["device_name"], str) and env["device_name"]
     for key in (Key.obsp.spatial_conn, Key.obsp.spatial_dist, Key.obsp.feature_conn):
         assert sp.issparse(adata.obsp[key])
     # everything survives the h5ad round trip
@@ -253,6 +257,7 @@ def test_class_api_save_load_roundtrip(adata, tmp_path):
     again = semst.tl.SemST.load(path, adata)
     np.testing.assert_allclose(again.get_embedding(), emb, rtol=1e-5, atol=1e-6)
     assert again.history["loss"].shape == (5,)
+    assert again.environment == model.environment and model.environment["torch_num_threads"] >= 1
     with pytest.raises(RuntimeError, match="train"):
         semst.tl.SemST(adata).get_embedding()
 

@@ -145,7 +145,10 @@ def domains(
     llm_key, key_added, embedding_key, spatial_key
         Slots read and written.
     seed
-        One seed for numpy, torch and clustering; the same seed on CPU gives the same labels.
+        One seed for numpy, torch and clustering. On the CPU the same seed gives the same labels with the
+        same number of torch threads on the same kind of processor (both are recorded in
+        ``uns['semst']['environment']``); another thread count or processor sums in another order, and
+        training can turn that into different domains. On a GPU reruns are close, not identical.
     device
         ``None``: CUDA when available, else CPU; ``'cpu'``, ``'cuda'``, ``'cuda:1'``...
     precision
@@ -164,7 +167,8 @@ def domains(
 
     - ``obsm['X_semst']`` (``embedding_key``): the learned embedding, N x ``latent_dim``;
     - ``obs['semst_domain']`` (``key_added``): categorical domains ``'1'..'K'``, the largest first;
-    - ``uns['semst']``: ``params``, ``versions``, ``history`` (loss per epoch: ``loss``, ``zinb``, ``cr``,
+    - ``uns['semst']``: ``params``, ``versions``, ``environment`` (device name, torch threads: what besides
+      the seed fixes the exact numbers), ``history`` (loss per epoch: ``loss``, ``zinb``, ``cr``,
       ``spatial``), ``runtime_s`` and ``train_s`` (seconds), the keys used and, when estimated, ``domain_selection``;
     - missing graphs: ``obsp['spatial_connectivities']``, ``obsp['spatial_distances']``,
       ``obsp['semst_feature_connectivities']``.
@@ -247,6 +251,7 @@ def domains(
     uns: dict[str, Any] = {
         "params": params,
         "versions": _versions(),
+        "environment": dict(semst.environment),
         "history": {k: np.asarray(v) for k, v in semst.history.items()},
         "runtime_s": float(time.perf_counter() - start),
         "train_s": float(semst.train_time),

@@ -18,6 +18,7 @@ from scanpy import logging as logg
 
 from .._constants import Default, Key
 from .._validation import check_anndata, check_spatial, get_counts
+from ._semst import spatial_adjacency
 
 __all__ = ["gat_domains", "stagate_matrix"]
 
@@ -83,27 +84,6 @@ def _check_h_llm(h_llm, n_obs: int) -> np.ndarray:
     if not np.isfinite(h).all():
         raise ValueError("`h_llm` contains NaN or infinite values.")
     return h
-
-
-def _spatial_adjacency(
-    adata: AnnData,
-    *,
-    spatial_key: str,
-    connectivity_key: str | None,
-    spatial_mode: str,
-    radius: float | None,
-    n_spatial_neighbors: int,
-) -> tuple[sp.csr_matrix, str]:
-    from ..gr import spatial_graph
-
-    if connectivity_key is not None and connectivity_key in adata.obsp:
-        return sp.csr_matrix(adata.obsp[connectivity_key]), "reused"
-    # built on a throwaway AnnData: the user's object is never written to
-    tmp = AnnData(obs=pd.DataFrame(index=adata.obs_names), obsm={spatial_key: adata.obsm[spatial_key]})
-    spatial_graph(
-        tmp, mode=spatial_mode, radius=radius, n_neighbors=n_spatial_neighbors, spatial_key=spatial_key
-    )
-    return sp.csr_matrix(tmp.obsp[Key.obsp.spatial_conn]), f"built ({spatial_mode})"
 
 
 def gat_domains(
@@ -225,7 +205,7 @@ def gat_domains(
 
     start = logg.info(f"GAT autoencoder{' + FSM' if h is not None else ''} on {adata.n_obs} spots")
     x_sp, genes = stagate_matrix(counts, adata.var_names, n_top_genes)
-    adj, how = _spatial_adjacency(
+    adj, how, _ = spatial_adjacency(
         adata,
         spatial_key=spatial_key,
         connectivity_key=connectivity_key,

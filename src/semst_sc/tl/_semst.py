@@ -49,6 +49,41 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _processor_name() -> str:
+    """The CPU model (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def environment(device) -> dict[str, Any]:
+    """Where a training run happened: what, beside the seed, decides its exact numbers.
+
+    On the CPU the same seed repeats bit for bit only with the same number of torch threads on the same
+    kind of processor: both change the order of floating-point sums, and training amplifies such
+    differences into different labels. The values are plain strings and integers (h5ad-serialisable).
+    """
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+    else:
+        name = _processor_name()
+    return {
+        "device_name": str(name),
+        "torch_num_threads": int(torch.get_num_threads()),
+        "deterministic_on_rerun": dev.type == "cpu",
+    }
+
+
 def _standardize(h: np.ndarray) -> np.ndarray:
     """Centre and scale each column (language-model embeddings share a large common direction)."""
     h = np.asarray(h, dtype=np.float64)
@@ -106,6 +141,32 @@ def _input_matrix(
     return x, x, None, pd.Index(genes), {"input": "preprocessed", "n_genes": int(x.shape[1])}
 
 
+def spatial_adjacency(
+    adata: AnnData,
+    *,
+    spatial_key: str,
+    connectivity_key: str | None,
+    spatial_mode: str,
+    n_spatial_neighbors: int,
+    radius: float | None = None,
+) -> tuple[sp.csr_matrix, str, AnnData | None]:
+    """The spatial graph: ``obsp[connectivity_key]`` when present, else built through squidpy.
+
+    The graph is built on a throwaway AnnData, so ``adata`` is never written to here. Returns the
+    adjacency, how it was obtained (``'reused'`` or ``'built (<mode>)'``) and the throwaway AnnData (None
+    when reused), whose distances and ``uns`` entry a caller may store.
+    """
+    from ..gr import spatial_graph
+
+    if connectivity_key is not None and connectivity_key in adata.obsp:
+        return sp.csr_matrix(adata.obsp[connectivity_key]), "reused", None
+    tmp = AnnData(obs=pd.DataFrame(index=adata.obs_names), obsm={spatial_key: adata.obsm[spatial_key]})
+    spatial_graph(
+        tmp, mode=spatial_mode, radius=radius, n_neighbors=n_spatial_neighbors, spatial_key=spatial_key
+    )
+    return sp.csr_matrix(tmp.obsp[Key.obsp.spatial_conn]), f"built ({spatial_mode})", tmp
+
+
 def prepare(
     adata: AnnData,
     *,
@@ -133,7 +194,7 @@ def prepare(
     ``log_input`` (with ``preprocess=True`` only) feeds ``log1p`` of the scaled matrix to the GCNs; the
     feature graph and the ZINB target stay on the scaled matrix itself.
     """
-    from ..gr import cosine_knn_graph, spatial_graph
+    from ..gr import cosine_knn_graph
 
     check_anndata(adata, fn="semst.tl.domains")
     check_spatial(adata, spatial_key)
@@ -145,19 +206,18 @@ def prepare(
         adata, layer=layer, preprocess=preprocess, use_hvg=use_hvg, n_top_genes=n_top_genes, decoder=decoder
     )
 
-    if connectivity_key in adata.obsp:
-        adj_spa = sp.csr_matrix(adata.obsp[connectivity_key])
-        info["spatial_graph"] = "reused"
-    else:
-        tmp = AnnData(obs=pd.DataFrame(index=adata.obs_names), obsm={spatial_key: adata.obsm[spatial_key]})
-        spatial_graph(tmp, mode=spatial_mode, n_neighbors=n_spatial_neighbors, spatial_key=spatial_key)
-        adj_spa = sp.csr_matrix(tmp.obsp[Key.obsp.spatial_conn])
-        info["spatial_graph"] = f"built ({spatial_mode})"
-        if write_graphs:
-            adata.obsp[connectivity_key] = adj_spa
-            adata.obsp[Key.obsp.spatial_dist] = tmp.obsp[Key.obsp.spatial_dist]
-            adata.uns[Key.uns.spatial_graph] = tmp.uns[Key.uns.spatial_graph]
-            logg.info(f"    added spatial graph .obsp[{connectivity_key!r}]")
+    adj_spa, info["spatial_graph"], tmp = spatial_adjacency(
+        adata,
+        spatial_key=spatial_key,
+        connectivity_key=connectivity_key,
+        spatial_mode=spatial_mode,
+        n_spatial_neighbors=n_spatial_neighbors,
+    )
+    if tmp is not None and write_graphs:
+        adata.obsp[connectivity_key] = adj_spa
+        adata.obsp[Key.obsp.spatial_dist] = tmp.obsp[Key.obsp.spatial_dist]
+        adata.uns[Key.uns.spatial_graph] = tmp.uns[Key.uns.spatial_graph]
+        logg.info(f"    added spatial graph .obsp[{connectivity_key!r}]")
 
     if feature_key in adata.obsp:
         adj_fea = sp.csr_matrix(adata.obsp[feature_key])
@@ -282,6 +342,7 @@ class SemST:
         }
         self.module = self._build_module()
         self.history: dict[str, np.ndarray] = {}
+        self.environment: dict[str, Any] = {}  # filled by train()
         self.trained = False
 
     def _build_module(self):
@@ -343,6 +404,7 @@ class SemST:
         if n_epochs < 1:
             raise ValueError(f"n_epochs must be at least 1, got {n_epochs}")
         start = time.perf_counter()
+        self.environment = environment(self.device)
         self.history = train(
             self.module,
             self._inputs(),
@@ -379,7 +441,7 @@ class SemST:
         return np.asarray(embed(self.module, self._inputs(), device=self.device), dtype=np.float32)
 
     def save(self, path: str | Path) -> None:
-        """Save weights, parameters, genes and loss history to one file (``torch.save``)."""
+        """Save weights, parameters, genes, loss history and training environment to one file (``torch.save``)."""
         import torch
 
         if not self.trained:
@@ -390,6 +452,7 @@ class SemST:
             "genes": list(map(str, self.data.genes)),
             "history": {k: np.asarray(v) for k, v in self.history.items()},
             "versions": _versions(),
+            "environment": dict(self.environment),
         }
         torch.save(state, Path(path))
 
@@ -440,6 +503,7 @@ class SemST:
             )
         model.module.load_state_dict(state["state_dict"])
         model.history = state["history"]
+        model.environment = dict(state.get("environment", {}))  # where it was trained
         model.params.update(p)
         model.params["device"] = str(model.device)
         model.trained = True
