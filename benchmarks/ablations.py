@@ -17,10 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS, SHARED, append_jsonl, run_json, summarise, table
+from _common import DATASETS, SHARED, append_jsonl, mean_std, run_json, summarise, table
 
 CACHE = Path(__file__).resolve().parent / "results" / "llm"
 
@@ -89,23 +87,23 @@ def study_tables(study: str, path: Path) -> str:
     rows = list(latest.values())
     variants = list(dict.fromkeys(r[col] for r in rows))
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    head = ["dataset", *map(str, variants)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    wide = []
     for d in datasets:
-        cells = [d]
+        cells = {"dataset": d}
         for v in variants:
             sel = sorted((r for r in rows if r["dataset"] == d and r[col] == v), key=lambda r: r["seed"])
-            if not sel:
-                cells.append("")
-                continue
-            ari = np.array([r["ari"] for r in sel])
-            seeds = ",".join(str(r["seed"]) for r in sel)
-            cells.append(f"{ari.mean():.3f} +- {ari.std():.3f} (seeds {seeds})")
-        lines.append("| " + " | ".join(cells) + " |")
+            if sel:
+                seeds = ",".join(str(r["seed"]) for r in sel)
+                cells[str(v)] = f"{mean_std(r['ari'] for r in sel)} (seeds {seeds})"
+        wide.append(cells)
     metrics = ("ari", "nmi", "acc", "f1_macro", "wall_s")
     by = ["dataset", col]
     rows.sort(key=lambda r: (datasets.index(r["dataset"]), variants.index(r[col]), r["seed"]))
-    return "\n".join(lines) + "\n\n" + table(summarise(rows, by, metrics), [*by, "seeds", *metrics])
+    return (
+        table(wide, ["dataset", *map(str, variants)])
+        + "\n\n"
+        + table(summarise(rows, by, metrics), [*by, "seeds", *metrics])
+    )
 
 
 def main() -> None:
