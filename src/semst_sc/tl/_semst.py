@@ -68,7 +68,7 @@ def environment(device) -> dict[str, Any]:
 
     On the CPU the same seed repeats bit for bit only with the same number of torch threads on the same
     kind of processor: both change the order of floating-point sums, and training amplifies such
-    differences into different labels. The values are plain strings and integers (h5ad-serialisable).
+    differences into different labels. The values are a string, an integer and a boolean (h5ad-serialisable).
     """
     import torch
 
@@ -441,7 +441,10 @@ class SemST:
         return np.asarray(embed(self.module, self._inputs(), device=self.device), dtype=np.float32)
 
     def save(self, path: str | Path) -> None:
-        """Save weights, parameters, genes, loss history and training environment to one file (``torch.save``)."""
+        """Save weights, parameters, genes, loss history and training environment to one file.
+
+        Written with ``torch.save``; :meth:`load` reads it back.
+        """
         import torch
 
         if not self.trained:
