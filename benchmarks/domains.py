@@ -47,10 +47,11 @@ n = {n}
 adata = synthetic_tissue(n)  # 3000 genes, 5 bands; drawn in row blocks (no dense n x genes matrix)
 t = time.perf_counter()
 semst.tl.domains(adata, n_domains=5, n_epochs={epochs}, fusion='none', progress=False,
-                 spatial_mode='knn', n_spatial_neighbors=8)
+                 spatial_mode='knn', n_spatial_neighbors=8, {extra})
 wall = time.perf_counter() - t
 u = adata.uns['semst']
-res = dict(n_spots=n, wall_s=wall, epochs={epochs}, train_s=float(u.get('train_s', float('nan'))))
+res = dict(n_spots=n, wall_s=wall, epochs={epochs}, train_s=float(u.get('train_s', float('nan'))),
+           zinb_fraction=u['params']['zinb_fraction'])
 res['s_per_epoch'] = res['train_s'] / {epochs}
 """
 
@@ -73,13 +74,17 @@ def main() -> None:
         for n in a.sizes:
             r = run_json(
                 SCALE.format(
-                    n=n, epochs=a.epochs, threads=a.threads, bench=str(Path(__file__).resolve().parent)
+                    n=n,
+                    epochs=a.epochs,
+                    threads=a.threads,
+                    extra=a.extra,
+                    bench=str(Path(__file__).resolve().parent),
                 )
             )
             r.setdefault("n_spots", n)
             rows.append(r)
             print(json.dumps(r), flush=True)
-        print(table(rows, ["n_spots", "wall_s", "s_per_epoch", "peak_rss_mb", "error"]))
+        print(table(rows, ["n_spots", "zinb_fraction", "wall_s", "s_per_epoch", "peak_rss_mb", "error"]))
     else:
         for name in a.datasets:
             file, truth, k = DATASETS[name]

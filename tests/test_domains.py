@@ -199,6 +199,15 @@ def test_log_input_and_spatial_weighting_are_recorded_and_change_training(adata)
     )
 
 
+def test_zinb_fraction_is_recorded_and_changes_training(adata):
+    a = semst.tl.domains(adata, n_domains=3, n_epochs=3, progress=False, copy=True)
+    b = semst.tl.domains(adata, n_domains=3, n_epochs=3, zinb_fraction=0.5, progress=False, copy=True)
+    pa, pb = (x.uns[Key.uns.semst]["params"] for x in (a, b))
+    assert pa["zinb_fraction"] == 1.0 and pb["zinb_fraction"] == 0.5
+    assert not np.allclose(a.uns[Key.uns.semst]["history"]["zinb"], b.uns[Key.uns.semst]["history"]["zinb"])
+    assert b.obs[Key.obs.domain].nunique() == 3
+
+
 @pytest.mark.parametrize(
     ("mutate", "kwargs", "exc", "match"),
     [
@@ -215,6 +224,9 @@ def test_log_input_and_spatial_weighting_are_recorded_and_change_training(adata)
         (None, {"n_domains": 3, "spatial_weighting": "equal"}, ValueError, "'reference'.*'balanced'"),
         (None, {"n_domains": 3, "device": "cuda"}, (RuntimeError, ValueError), "CUDA"),
         (None, {"n_domains": 3, "precision": "half"}, ValueError, "'float32'.*'bfloat16'"),
+        (None, {"n_domains": 3, "zinb_fraction": 0}, ValueError, r"zinb_fraction.*\(0, 1\]"),
+        (None, {"n_domains": 3, "zinb_fraction": 1.5}, ValueError, r"zinb_fraction.*\(0, 1\]"),
+        (None, {"n_domains": 3, "zinb_fraction": "half"}, TypeError, "zinb_fraction"),
         ("llm_nan", {"n_domains": 3}, ValueError, "NaN"),
         ("float_counts", {"n_domains": 3}, ValueError, "integer"),
         ("no_spatial", {"n_domains": 3}, KeyError, "spatial"),

@@ -235,6 +235,55 @@ def test_bad_inputs_are_clear_errors():
             tr.train(mod, inputs, n_epochs=1, device="cuda")
 
 
+def test_zinb_blocks_partition_the_spots_and_estimate_the_full_loss():
+    inputs, _ = _inputs()
+    mod = _module()
+    data = tr._prepare(inputs, mod, torch.device("cpu"), with_target=True)
+    with torch.no_grad():
+        out = mod(data.x, data.adj_spa, data.adj_fea, data.h_llm, decode=False)
+        edges = (data.rows, data.cols)
+        _, full = mod.loss(out, data.target, edges)
+        blocks = tr._zinb_blocks(inputs, 0.3, seed=0, device=torch.device("cpu"))
+        assert len(blocks) == 4  # ceil(1 / 0.3)
+        idx = np.concatenate([b[0].numpy() for b in blocks])
+        assert np.array_equal(np.sort(idx), np.arange(inputs.n_obs))  # each spot in exactly one block
+        assert sum(b[1].nnz for b in blocks) == data.target.nnz
+        parts = [mod.loss(out, t, edges, zinb_index=i)[1] for i, t in blocks]
+    # the size-weighted mean of the block losses is the full loss: each block's is an unbiased estimate
+    weighted = sum(len(i) * p["zinb"] for (i, _), p in zip(blocks, parts, strict=True)) / inputs.n_obs
+    assert weighted == pytest.approx(full["zinb"], rel=1e-5)
+    assert all(p["cr"] == pytest.approx(full["cr"]) for p in parts)  # the other terms see every spot
+    assert len({round(p["zinb"], 6) for p in parts}) == 4
+    assert tr._zinb_blocks(inputs, 1.0, seed=0, device=torch.device("cpu")) is None
+
+
+def test_training_with_a_zinb_fraction_is_deterministic_and_learns():
+    inputs, domain = _inputs()
+    runs = []
+    for _ in range(2):
+        mod = _module(seed=3)
+        hist = tr.train(mod, inputs, n_epochs=30, device="cpu", seed=3, progress=False, zinb_fraction=0.5)
+        runs.append((hist, tr.embed(mod, inputs, device="cpu")))
+    (h1, e1), (h2, e2) = runs
+    assert np.array_equal(e1, e2) and np.array_equal(h1["loss"], h2["loss"])
+    assert np.mean(h1["zinb"][-4:]) < np.mean(h1["zinb"][:4])
+    labels = KMeans(2, n_init=10, random_state=0).fit_predict(e1)
+    assert adjusted_rand_score(domain, labels) > 0.8  # evaluation only
+    full = _module(seed=3)
+    tr.train(full, inputs, n_epochs=30, device="cpu", seed=3, progress=False)
+    assert not np.array_equal(e1, tr.embed(full, inputs, device="cpu"))
+
+
+@pytest.mark.parametrize(
+    ("value", "exc"),
+    [(0, ValueError), (-0.5, ValueError), (1.01, ValueError), (True, TypeError), ("1", TypeError)],
+)
+def test_bad_zinb_fraction_is_a_clear_error(value, exc):
+    inputs, _ = _inputs()
+    with pytest.raises(exc, match="zinb_fraction"):
+        tr.train(_module(), inputs, n_epochs=1, zinb_fraction=value)
+
+
 def test_checkpoint_roundtrip(tmp_path):
     inputs, _ = _inputs()
     mod = _module()

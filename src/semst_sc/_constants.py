@@ -56,6 +56,7 @@ class Default:
     latent_dim = 128
     hidden_dim = 256
     n_epochs = 100
+    zinb_fraction = 1.0
     lr = 1e-3
     weight_decay = 5e-4
     gamma = 0.1

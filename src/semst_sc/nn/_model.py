@@ -244,6 +244,7 @@ class SemSTModule(nn.Module):
         n_negatives: int | None = 10,
         generator: torch.Generator | None = None,
         spatial_weighting: str = "reference",
+        zinb_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """``L = L_zinb + gamma * L_cr + lambda_s * L_s`` (paper eq. 14).
 
@@ -262,6 +263,10 @@ class SemSTModule(nn.Module):
             Ridge weight on ``pi^2`` inside the ZINB loss.
         n_negatives, generator, spatial_weighting
             Passed to :func:`~semst_sc.nn.spatial_regularization_loss`.
+        zinb_index
+            None: the ZINB term covers every spot. A 1-D index tensor of spots: the ZINB term covers only
+            those rows of ``out`` (in that order), and ``target`` holds their rows only; the two other
+            terms still cover every spot. The mean over a block is an unbiased estimate of the full mean.
 
         Returns
         -------
@@ -274,9 +279,11 @@ class SemSTModule(nn.Module):
                 f"Unknown `spatial_weighting` {spatial_weighting!r}; "
                 f"valid choices: {', '.join(map(repr, SPATIAL_WEIGHTINGS))}."
             )
-        l_zinb = self.decoder.nll(
-            out.decoder_hidden, target, out.size_factors, ridge=ridge, matmul_dtype=self._matmul_dtype
-        )
+        hidden, sf = out.decoder_hidden, out.size_factors
+        if zinb_index is not None:
+            hidden = hidden.index_select(0, zinb_index)
+            sf = None if sf is None else sf.index_select(0, zinb_index)
+        l_zinb = self.decoder.nll(hidden, target, sf, ridge=ridge, matmul_dtype=self._matmul_dtype)
         l_cr = correlation_reduction_loss(out.h_spa, out.h_fea)
         rows, cols = spatial_edges
         l_s = spatial_regularization_loss(

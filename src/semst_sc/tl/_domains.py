@@ -40,6 +40,7 @@ def domains(
     n_domains: int | None = None,
     *,
     n_epochs: int = Default.n_epochs,
+    zinb_fraction: float = Default.zinb_fraction,
     lr: float = Default.lr,
     weight_decay: float = Default.weight_decay,
     fusion: str = "fsm",
@@ -93,6 +94,12 @@ def domains(
         Adam schedule: one full-graph step per epoch. The default of 100 epochs is the paper's DLPFC
         schedule; on the DLPFC slice 300 epochs raised the label-free ARI from 0.40 to 0.48 (five seeds)
         at three times the time, while STARmap and osmFISH did not change (``benchmarks/README.md``).
+    zinb_fraction
+        Share of the spots, in (0, 1], whose expression the ZINB loss reconstructs at each epoch. ``1`` is the
+        paper: every spot at every epoch. Below 1 the spots are split once at random (from ``seed``) into
+        ``ceil(1 / zinb_fraction)`` blocks that the epochs take in turn; the encoder and the two other
+        losses still see every spot at every epoch. The decoder heads and the element-wise ZINB loss are
+        most of an epoch's cost, so an epoch costs about half as much at ``1/3``.
     fusion
         ``'fsm'`` (the method), ``'concat'``, ``'add'``, ``'cross_attention'`` or ``'none'``. Semantics come from
         ``obsm[llm_key]``; without it (and without ``model``) the model runs ``'none'`` and logs it.
@@ -182,6 +189,9 @@ def domains(
     check_choice("cluster_method", cluster_method, CLUSTER_METHODS)
     check_choice("backend", backend, BACKENDS)
     check_choice("spatial_weighting", spatial_weighting, SPATIAL_WEIGHTINGS)
+    from .._train import check_zinb_fraction
+
+    check_zinb_fraction(zinb_fraction)
     if backend == "dgl":
         from .._train import resolve_device
         from ..nn._dgl import check_dgl_device, require_dgl
@@ -226,6 +236,7 @@ def domains(
         gamma=gamma,
         lambda_s=lambda_s,
         spatial_weighting=spatial_weighting,
+        zinb_fraction=zinb_fraction,
         early_stopping=early_stopping,
         progress=progress,
     )

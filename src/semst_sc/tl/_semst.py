@@ -392,12 +392,15 @@ class SemST:
         gamma: float = Default.gamma,
         lambda_s: float = Default.lambda_s,
         spatial_weighting: str = Default.spatial_weighting,
+        zinb_fraction: float = Default.zinb_fraction,
         early_stopping: bool = False,
         progress: bool = True,
     ) -> SemST:
         """Train the network label-free (Adam, full graph, one step per epoch). Returns ``self``.
 
-        ``spatial_weighting`` scales the spatial loss (see :func:`semst_sc.nn.spatial_regularization_loss`).
+        ``spatial_weighting`` scales the spatial loss (see :func:`semst_sc.nn.spatial_regularization_loss`);
+        ``zinb_fraction`` is the share of spots the ZINB loss reconstructs per epoch (see
+        :func:`semst_sc.tl.domains`).
         """
         from .._train import train
 
@@ -414,6 +417,7 @@ class SemST:
             gamma=gamma,
             lambda_s=lambda_s,
             spatial_weighting=spatial_weighting,
+            zinb_fraction=zinb_fraction,
             device=self.device,
             seed=self.params["seed"],
             progress=progress,
@@ -426,6 +430,7 @@ class SemST:
             gamma=float(gamma),
             lambda_s=float(lambda_s),
             spatial_weighting=spatial_weighting,
+            zinb_fraction=float(zinb_fraction),
             early_stopping=bool(early_stopping),
         )
         self.train_time = time.perf_counter() - start
