@@ -200,10 +200,10 @@ def test_log_input_and_spatial_weighting_are_recorded_and_change_training(adata)
 
 
 def test_zinb_fraction_is_recorded_and_changes_training(adata):
-    a = semst.tl.domains(adata, n_domains=3, n_epochs=3, progress=False, copy=True)
-    b = semst.tl.domains(adata, n_domains=3, n_epochs=3, zinb_fraction=0.5, progress=False, copy=True)
+    a = semst.tl.domains(adata, n_domains=3, n_epochs=3, zinb_fraction=1, progress=False, copy=True)
+    b = semst.tl.domains(adata, n_domains=3, n_epochs=3, progress=False, copy=True)
     pa, pb = (x.uns[Key.uns.semst]["params"] for x in (a, b))
-    assert pa["zinb_fraction"] == 1.0 and pb["zinb_fraction"] == 0.5
+    assert pa["zinb_fraction"] == 1.0 and pb["zinb_fraction"] == 0.5  # 0.5: the default
     assert not np.allclose(a.uns[Key.uns.semst]["history"]["zinb"], b.uns[Key.uns.semst]["history"]["zinb"])
     assert b.obs[Key.obs.domain].nunique() == 3
 

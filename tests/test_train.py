@@ -270,7 +270,7 @@ def test_training_with_a_zinb_fraction_is_deterministic_and_learns():
     labels = KMeans(2, n_init=10, random_state=0).fit_predict(e1)
     assert adjusted_rand_score(domain, labels) > 0.8  # evaluation only
     full = _module(seed=3)
-    tr.train(full, inputs, n_epochs=30, device="cpu", seed=3, progress=False)
+    tr.train(full, inputs, n_epochs=30, device="cpu", seed=3, progress=False, zinb_fraction=1.0)
     assert not np.array_equal(e1, tr.embed(full, inputs, device="cpu"))
 
 

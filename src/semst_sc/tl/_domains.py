@@ -91,15 +91,20 @@ def domains(
         the K with the highest silhouette (on a fixed subsample of at most 3000 spots) is kept; the curve is
         stored in ``uns['semst']['domain_selection']``.
     n_epochs, lr, weight_decay
-        Adam schedule: one full-graph step per epoch. The default of 100 epochs is the paper's DLPFC
-        schedule; on the DLPFC slice 300 epochs raised the label-free ARI from 0.40 to 0.48 (five seeds)
-        at three times the time, while STARmap and osmFISH did not change (``benchmarks/README.md``).
+        Adam schedule: one full-graph step per epoch. The default of 300 epochs is three times the paper's
+        DLPFC schedule: at 100 the model is under-trained on the DLPFC slice (label-free ARI 0.40 over five
+        seeds; 0.50 with the defaults, 300 epochs and ``zinb_fraction=0.5``), while STARmap and osmFISH are
+        the same at both (``benchmarks/README.md``). The time grows with ``n_epochs``: on a large tissue on
+        a CPU (100k spots: about 15 s per epoch on two cores) ``n_epochs=100`` takes a third of the time;
+        whether such tissues need the longer schedule was not measured.
     zinb_fraction
         Share of the spots, in (0, 1], whose expression the ZINB loss reconstructs at each epoch. ``1`` is the
         paper: every spot at every epoch. Below 1 the spots are split once at random (from ``seed``) into
         ``ceil(1 / zinb_fraction)`` blocks that the epochs take in turn; the encoder and the two other
         losses still see every spot at every epoch. The decoder heads and the element-wise ZINB loss are
-        most of an epoch's cost, so an epoch costs about half as much at ``1/3``.
+        most of an epoch's cost: the default ``0.5`` makes an epoch about two thirds as long, for the same
+        accuracy as full epochs within the seed spread (``benchmarks/README.md``). The recorded ``zinb``
+        loss is then each epoch's block estimate, so its curve steps slightly between blocks.
     fusion
         ``'fsm'`` (the method), ``'concat'``, ``'add'``, ``'cross_attention'`` or ``'none'``. Semantics come from
         ``obsm[llm_key]``; without it (and without ``model``) the model runs ``'none'`` and logs it.
