@@ -473,8 +473,8 @@ def train(
 
     with _deterministic(dev.type == "cpu"):
         module.to(dev)
-        data = _prepare(inputs, module, dev, with_target=zinb_fraction >= 1.0)
         blocks = _zinb_blocks(inputs, zinb_fraction, seed, dev)
+        data = _prepare(inputs, module, dev, with_target=blocks is None)  # the blocks hold the target
         opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
         keys = ("loss", "zinb", "cr", "spatial")
         hist: dict[str, list[float]] = {k: [] for k in (*keys, "seconds")}
