@@ -15,6 +15,7 @@ from semst_sc._constants import SPATIAL_MODES, Key
 from semst_sc._validation import (
     check_anndata,
     check_choice,
+    check_matrix,
     check_n_neighbors,
     check_obsm,
     check_spatial,
@@ -247,6 +248,24 @@ def test_check_obsm():
     adata.obsm["X_llm"][0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         check_obsm(adata, "X_llm", n_obs=adata.n_obs, made_by="f")
+
+
+def test_check_matrix():
+    dense = np.arange(12, dtype=np.float32).reshape(4, 3)
+    for value in (dense, sparse.csr_matrix(dense), pd.DataFrame(dense)):
+        np.testing.assert_array_equal(check_matrix(value, name="`h`", n_obs=4, fix="Fix it."), dense)
+    with pytest.raises(ValueError, match=r"`h` has shape \(4, 0\); expected 4 rows .* Fix it\."):
+        check_matrix(np.zeros((4, 0)), name="`h`", n_obs=4, fix="Fix it.")
+    with pytest.raises(ValueError, match="expected 5 rows"):
+        check_matrix(dense, name="`h`", n_obs=5, fix="")
+    with pytest.raises(ValueError, match="expected 4 rows"):
+        check_matrix(dense.ravel(), name="`h`", n_obs=4, fix="")
+    with pytest.raises(TypeError, match="must hold numbers"):
+        check_matrix(dense.astype(str), name="`h`", n_obs=4, fix="")
+    bad = dense.copy()
+    bad[1, 2] = np.inf
+    with pytest.raises(ValueError, match=r"`h` contains NaN or infinite values\. Fix it\."):
+        check_matrix(bad, name="`h`", n_obs=4, fix="Fix it.")
 
 
 # ------------------------------------------------------------------ public functions leave adata unchanged

@@ -145,6 +145,36 @@ def check_spatial(adata: AnnData, spatial_key: str = Key.obsm.spatial) -> np.nda
     return coords.astype(np.float64, copy=False)
 
 
+def check_matrix(value: Any, *, name: str, n_obs: int, fix: str) -> np.ndarray:
+    """Return ``value`` (an array, a sparse matrix or a data frame) as a dense N x D array of numbers.
+
+    Raises when it is not numeric, not 2-D with ``n_obs`` rows and at least one column, or not finite.
+
+    Parameters
+    ----------
+    value
+        The matrix, one row per spot.
+    name
+        How the messages name it, e.g. ``"adata.obsm['X_llm']"`` or ``"`h_llm`"``.
+    n_obs
+        Expected number of rows.
+    fix
+        What the user should do, appended to the messages about shape and non-finite values.
+    """
+    value = value.to_numpy() if hasattr(value, "to_numpy") else value
+    value = value.toarray() if sparse.issparse(value) else np.asarray(value)
+    if value.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {value.dtype}.")
+    if value.ndim != 2 or value.shape[0] != n_obs or value.shape[1] < 1:
+        raise ValueError(
+            f"{name} has shape {value.shape}; expected {n_obs} rows (one row per spot, in the order of "
+            f"adata.obs_names) and at least one column. {fix}"
+        )
+    if not np.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or infinite values. {fix}")
+    return value
+
+
 def check_obsm(adata: AnnData, key: str, *, n_obs: int, made_by: str) -> np.ndarray:
     """Return ``adata.obsm[key]`` as a dense array after checking it exists, has ``n_obs`` rows and no NaN.
 
@@ -161,19 +191,9 @@ def check_obsm(adata: AnnData, key: str, *, n_obs: int, made_by: str) -> np.ndar
     """
     if key not in adata.obsm:
         raise KeyError(f"adata.obsm[{key!r}] is missing; it is made by {made_by} (run it first).")
-    value = adata.obsm[key]
-    value = value.to_numpy() if hasattr(value, "to_numpy") else value
-    value = value.toarray() if sparse.issparse(value) else np.asarray(value)
-    if value.dtype.kind not in "iuf":
-        raise TypeError(f"adata.obsm[{key!r}] must hold numbers, got dtype {value.dtype}.")
-    if value.ndim != 2 or value.shape[0] != n_obs:
-        raise ValueError(
-            f"adata.obsm[{key!r}] has shape {value.shape}; expected {n_obs} rows (one per spot). "
-            f"Recompute it with {made_by}."
-        )
-    if not np.isfinite(value).all():
-        raise ValueError(f"adata.obsm[{key!r}] contains NaN or infinite values; recompute it with {made_by}.")
-    return value
+    return check_matrix(
+        adata.obsm[key], name=f"adata.obsm[{key!r}]", n_obs=n_obs, fix=f"Recompute it with {made_by}."
+    )
 
 
 def _blocks(values: np.ndarray) -> Iterable[np.ndarray]:

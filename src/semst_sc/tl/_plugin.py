@@ -17,8 +17,10 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import Default, Key
-from .._validation import check_anndata, check_spatial, get_counts
+from .._validation import check_anndata, check_matrix, check_spatial, get_counts
 from ._semst import spatial_adjacency
+
+_H_LLM_FIX = "Pass e.g. adata.obsm['X_llm'] from semst.tl.semantic_embedding for this AnnData."
 
 __all__ = ["gat_domains", "stagate_matrix"]
 
@@ -66,24 +68,6 @@ def _check_int(name: str, value, low: int) -> int:
     if int(value) < low:
         raise ValueError(f"`{name}` must be at least {low}, got {value}.")
     return int(value)
-
-
-def _check_h_llm(h_llm, n_obs: int) -> np.ndarray:
-    if sp.issparse(h_llm):
-        raise TypeError(
-            "`h_llm` must be a dense N x D array (e.g. adata.obsm['X_llm']), not a sparse matrix."
-        )
-    h = np.asarray(h_llm.to_numpy() if hasattr(h_llm, "to_numpy") else h_llm)
-    if h.dtype.kind not in "iuf":
-        raise TypeError(f"`h_llm` must hold numbers, got dtype {h.dtype}.")
-    if h.ndim != 2 or h.shape[0] != n_obs or h.shape[1] < 1:
-        raise ValueError(
-            f"`h_llm` has shape {h.shape}; it must be N x D with one row per spot (N = {n_obs}), in the order "
-            "of adata.obs_names, e.g. adata.obsm['X_llm'] from semst.tl.semantic_embedding."
-        )
-    if not np.isfinite(h).all():
-        raise ValueError("`h_llm` contains NaN or infinite values.")
-    return h
 
 
 def gat_domains(
@@ -198,7 +182,7 @@ def gat_domains(
         isinstance(weight_decay, Real) and math.isfinite(weight_decay) and weight_decay >= 0
     ):
         raise ValueError(f"`weight_decay` must be a non-negative number, got {weight_decay!r}.")
-    h = None if h_llm is None else _check_h_llm(h_llm, adata.n_obs)
+    h = None if h_llm is None else check_matrix(h_llm, name="`h_llm`", n_obs=adata.n_obs, fix=_H_LLM_FIX)
     dev = resolve_device(device)
     counts = get_counts(adata, layer=layer)
     seed_everything(seed)  # checks the seed too
