@@ -103,6 +103,7 @@ def errors(files) -> dict[str, subprocess.CompletedProcess]:
             "truth_key": ["evaluate", files["small"], "--truth", "layer"],
             "pred_key": ["evaluate", files["bare"], "--truth", "truth"],
             "color_key": ["plot", files["small"], "-o", d / "f2.png", "--color", "NOPE"],
+            "library_key": ["domains", files["small"], "-o", d / "o4.h5ad", "--library-key", "section"],
             "no_domains": ["plot", files["bare"], "-o", d / "f3.png"],
             "same_file": ["domains", files["small"], "-o", files["small"], "--n-domains", "2"],
             "exists": ["domains", files["bare"], "-o", files["small"], "--n-domains", "2"],
@@ -146,6 +147,7 @@ def test_not_an_h5ad_file(errors, case):
         ("truth_key", ["'layer'", "truth"]),
         ("pred_key", ["'semst_domain'", "semst domains"]),
         ("color_key", ["'NOPE'", "neither a column of adata.obs nor a gene"]),
+        ("library_key", ["library_key='section' is not a column of adata.obs", "'truth'"]),
         ("no_domains", ["obs['semst_domain'] not found", "run semst.tl.domains first"]),
     ],
 )

@@ -148,6 +148,64 @@ def test_existing_graphs_are_reused_not_overwritten(adata):
     assert adata.uns[Key.uns.semst]["params"]["spatial_graph"] == "reused"
 
 
+def _two_slices(demo: ad.AnnData) -> ad.AnnData:
+    """Two copies of the demo crop with the same coordinates, as after concatenating two sections."""
+    a, b = demo.copy(), demo.copy()
+    a.obs_names = [f"a-{n}" for n in a.obs_names]
+    b.obs_names = [f"b-{n}" for n in b.obs_names]
+    both = ad.concat([a, b], label="slice", keys=["A", "B"])
+    both.uns["spatial"] = {"A": {}, "B": {}}
+    return both
+
+
+def test_library_key_keeps_slices_apart(demo):
+    both = _two_slices(demo)
+    slice_of = both.obs["slice"].to_numpy()
+    semst.tl.domains(both, n_domains=3, n_epochs=2, library_key="slice", progress=False)
+    conn = sp.coo_matrix(both.obsp[Key.obsp.spatial_conn])
+    assert conn.nnz > 0 and (slice_of[conn.row] == slice_of[conn.col]).all()
+    # each slice gets the graph it would get alone
+    alone = demo.copy()
+    semst.gr.spatial_graph(alone)
+    n = demo.n_obs
+    a_block = sp.csr_matrix(both.obsp[Key.obsp.spatial_conn])[:n, :n]
+    assert (a_block != sp.csr_matrix(alone.obsp[Key.obsp.spatial_conn])).nnz == 0
+    assert both.uns[Key.uns.semst]["params"]["library_key"] == "slice"
+    assert both.obs[Key.obs.domain].notna().all()
+
+
+def test_library_key_survives_save_and_load(demo, tmp_path):
+    model = semst.tl.SemST(_two_slices(demo), library_key="slice")
+    model.train(2, progress=False)
+    model.save(tmp_path / "m.pt")
+    fresh = _two_slices(demo)  # no graph yet: load must build it slice by slice again
+    back = semst.tl.SemST.load(tmp_path / "m.pt", fresh)
+    assert back.params["library_key"] == "slice"
+    conn = sp.coo_matrix(back.data.adj_spa)
+    slice_of = fresh.obs["slice"].to_numpy()
+    assert (slice_of[conn.row] == slice_of[conn.col]).all()
+    np.testing.assert_array_equal(back.get_embedding(), model.get_embedding())
+
+
+def test_several_libraries_without_library_key_warn(demo):
+    both = _two_slices(demo)
+    # the same coordinates twice: no radius can be derived, and the error says how to fix it
+    with pytest.warns(UserWarning, match="2 libraries"), pytest.raises(ValueError, match="pass library_key="):
+        semst.tl.domains(both, n_domains=3, n_epochs=2, progress=False)
+    pitch = semst.gr._spatial.median_nn_distance(demo.obsm["spatial"], np.zeros(demo.n_obs, dtype=np.int64))
+    both.obsm["spatial"][demo.n_obs :] += pitch / 3  # overlapping, but distinct, coordinates
+    with pytest.warns(UserWarning, match=r"describes 2 libraries \('A', 'B'\).*pass library_key=") as rec:
+        semst.tl.domains(both, n_domains=3, n_epochs=2, progress=False)
+    assert {w.filename for w in rec} == {__file__}  # the warning points at the caller, not at the package
+    slice_of = both.obs["slice"].to_numpy()
+    conn = sp.coo_matrix(both.obsp[Key.obsp.spatial_conn])
+    assert (slice_of[conn.row] != slice_of[conn.col]).any()  # what the warning is about
+    # a reused graph that joins the slices is used as it is, with a warning that says how to rebuild it
+    with pytest.warns(UserWarning, match=r"joins spots of different slices.*library_key='slice'"):
+        semst.tl.domains(both, n_domains=3, n_epochs=2, library_key="slice", progress=False)
+    assert both.uns[Key.uns.semst]["params"]["spatial_graph"] == "reused"
+
+
 def test_preprocessed_layer_path(adata):
     semst.pp.preprocess(adata)
     semst.tl.domains(
@@ -227,6 +285,9 @@ def test_zinb_fraction_is_recorded_and_changes_training(adata):
         (None, {"n_domains": 3, "zinb_fraction": 0}, ValueError, r"zinb_fraction.*\(0, 1\]"),
         (None, {"n_domains": 3, "zinb_fraction": 1.5}, ValueError, r"zinb_fraction.*\(0, 1\]"),
         (None, {"n_domains": 3, "zinb_fraction": "half"}, TypeError, "zinb_fraction"),
+        (None, {"n_domains": 3, "library_key": "slice"}, KeyError, "library_key='slice' is not a column"),
+        (None, {"n_domains": 3, "library_key": "slice", "model": "minilm"}, KeyError, "library_key='slice'"),
+        ("slice_nan", {"n_domains": 3, "library_key": "slice"}, ValueError, "missing value"),
         ("llm_nan", {"n_domains": 3}, ValueError, "NaN"),
         ("float_counts", {"n_domains": 3}, ValueError, "integer"),
         ("no_spatial", {"n_domains": 3}, KeyError, "spatial"),
@@ -240,6 +301,8 @@ def test_bad_input_raises_and_leaves_adata_unchanged(adata, mutate, kwargs, exc,
         h = np.ones((adata.n_obs, 4), np.float32)
         h[3, 1] = np.nan
         adata.obsm[Key.obsm.llm] = h
+    elif mutate == "slice_nan":
+        adata.obs["slice"] = pd.Categorical(["a"] * (adata.n_obs - 1) + [None], categories=["a"])
     elif mutate == "float_counts":
         adata.X = adata.X.astype(np.float32) * 0.5
     elif mutate == "no_spatial":

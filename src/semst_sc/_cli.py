@@ -276,6 +276,7 @@ def _cmd_domains(args: argparse.Namespace) -> int:
         n_epochs=args.epochs,
         fusion=args.fusion,
         cluster_method=args.cluster_method,
+        library_key=args.library_key,
         model=args.model,
         seed=args.seed,
         device=args.device,
@@ -460,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--cluster-method", choices=CLUSTER_METHODS, default="gmm", help="clustering (default: %(default)s)"
+    )
+    p.add_argument(
+        "--library-key",
+        metavar="KEY",
+        default=None,
+        help="obs column naming each spot's slice, when IN holds several slices (no spatial edge between them)",
     )
     p.add_argument("--truth", metavar="KEY", default=None, help="obs column to evaluate the domains against")
     _add_run_options(p)

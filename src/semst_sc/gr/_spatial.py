@@ -318,7 +318,9 @@ def _build(
                 pitch = median_nn_distance(coords, codes)
                 if pitch <= 0:
                     raise ValueError(
-                        "the median nearest-neighbour distance is 0 (many spots share coordinates); pass radius="
+                        "the median nearest-neighbour distance is 0 (many spots share coordinates). If the "
+                        "data hold several slices with the same coordinates, pass library_key=<the obs "
+                        "column naming each spot's slice>; otherwise pass radius= (in coordinate units)."
                     )
                 radius = RADIUS_FACTOR * pitch
                 info.update(

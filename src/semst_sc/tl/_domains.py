@@ -62,6 +62,7 @@ def domains(
     spatial_mode: str = "radius",
     n_spatial_neighbors: int = Default.spatial_k,
     n_feature_neighbors: int = Default.feature_k,
+    library_key: str | None = None,
     k_range: tuple[int, int] = DEFAULT_K_RANGE,
     smooth: bool = Default.smooth,
     early_stopping: bool = False,
@@ -147,6 +148,12 @@ def domains(
     spatial_mode, n_spatial_neighbors
         How the spatial graph is built when ``obsp['spatial_connectivities']`` is absent (see
         :func:`semst_sc.gr.spatial_graph`).
+    library_key
+        Column of ``adata.obs`` naming each spot's slice, for several slices in one AnnData: the spatial
+        graph then has no edge between slices, so neither the spatial branch, the spatial loss nor the label
+        smoothing mixes them (the expression graph may, by design). Used when the graph is built here; a
+        reused ``obsp['spatial_connectivities']`` is taken as it is, with a warning if it joins slices.
+        Without it, a warning is given when ``uns['spatial']`` describes several libraries.
     n_feature_neighbors
         k of the cosine kNN expression graph, when ``obsp['semst_feature_connectivities']`` is absent.
     k_range
@@ -195,8 +202,10 @@ def domains(
     check_choice("backend", backend, BACKENDS)
     check_choice("spatial_weighting", spatial_weighting, SPATIAL_WEIGHTINGS)
     from .._train import check_zinb_fraction
+    from ..gr._spatial import _library_codes
 
     check_zinb_fraction(zinb_fraction)
+    _library_codes(adata, library_key)  # before the semantic embedding writes anything
     if backend == "dgl":
         from .._train import resolve_device
         from ..nn._dgl import check_dgl_device, require_dgl
@@ -232,6 +241,7 @@ def domains(
         spatial_mode=spatial_mode,
         n_spatial_neighbors=n_spatial_neighbors,
         n_feature_neighbors=n_feature_neighbors,
+        library_key=library_key,
         llm_key=llm_key,
     )
     semst.train(

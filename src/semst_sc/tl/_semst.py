@@ -20,6 +20,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import BACKENDS, FUSIONS, GCN_NORMS, PRECISIONS, Default, Key
+from .._utils import block_rows, row_blocks, user_stacklevel
 from .._validation import check_anndata, check_choice, check_obsm, check_spatial, get_counts
 
 DECODERS = ("faithful", "counts")
@@ -149,22 +150,68 @@ def spatial_adjacency(
     spatial_mode: str,
     n_spatial_neighbors: int,
     radius: float | None = None,
+    library_key: str | None = None,
 ) -> tuple[sp.csr_matrix, str, AnnData | None]:
     """The spatial graph: ``obsp[connectivity_key]`` when present, else built through squidpy.
 
     The graph is built on a throwaway AnnData, so ``adata`` is never written to here. Returns the
     adjacency, how it was obtained (``'reused'`` or ``'built (<mode>)'``) and the throwaway AnnData (None
-    when reused), whose distances and ``uns`` entry a caller may store.
+    when reused), whose distances and ``uns`` entry a caller may store. With ``library_key`` a built graph
+    has no edge between spots of different slices, and a reused graph that has such edges is warned about.
     """
     from ..gr import spatial_graph
+    from ..gr._spatial import _library_codes
 
+    codes, libraries = _library_codes(adata, library_key)
     if connectivity_key is not None and connectivity_key in adata.obsp:
-        return sp.csr_matrix(adata.obsp[connectivity_key]), "reused", None
+        adj = sp.csr_matrix(adata.obsp[connectivity_key])
+        if library_key is not None:
+            _warn_cross_slice(adj, codes, connectivity_key, library_key)
+        return adj, "reused", None
+    if library_key is None:
+        _warn_many_libraries(adata)
     tmp = AnnData(obs=pd.DataFrame(index=adata.obs_names), obsm={spatial_key: adata.obsm[spatial_key]})
+    if library_key is not None:
+        tmp.obs[library_key] = pd.Categorical.from_codes(codes, categories=libraries)
     spatial_graph(
-        tmp, mode=spatial_mode, radius=radius, n_neighbors=n_spatial_neighbors, spatial_key=spatial_key
+        tmp,
+        mode=spatial_mode,
+        radius=radius,
+        n_neighbors=n_spatial_neighbors,
+        library_key=library_key,
+        spatial_key=spatial_key,
     )
     return sp.csr_matrix(tmp.obsp[Key.obsp.spatial_conn]), f"built ({spatial_mode})", tmp
+
+
+def _warn_many_libraries(adata: AnnData) -> None:
+    """Warn when ``uns['spatial']`` describes several libraries (slices) and no ``library_key`` was given."""
+    libs = adata.uns.get("spatial")
+    if isinstance(libs, dict) and len(libs) > 1:
+        names = ", ".join(map(repr, list(libs)[:5])) + (", ..." if len(libs) > 5 else "")
+        warnings.warn(
+            f"adata.uns['spatial'] describes {len(libs)} libraries ({names}) and no library_key was given: "
+            "the spatial graph will join spots of different slices wherever their coordinates overlap. If "
+            "they are separate slices, pass library_key=<the obs column naming each spot's slice>.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
+def _warn_cross_slice(adj: sp.csr_matrix, codes: np.ndarray, key: str, library_key: str) -> None:
+    """Warn when a reused graph joins spots of different slices (in row blocks: no temporary of size nnz)."""
+    cross = 0
+    for r0, r1, v0, v1 in row_blocks(adj.indptr):
+        rows = r0 + block_rows(adj.indptr, r0, r1)
+        cross += int(np.count_nonzero(codes[rows] != codes[adj.indices[v0:v1]]))
+    if cross:
+        warnings.warn(
+            f"the existing graph adata.obsp[{key!r}] joins spots of different slices of "
+            f"adata.obs[{library_key!r}] ({cross} directed edges) and is used as it is. To keep slices apart, "
+            f"rebuild it: semst.gr.spatial_graph(adata, library_key={library_key!r}).",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
 
 
 def prepare(
@@ -181,6 +228,7 @@ def prepare(
     spatial_mode: str = "radius",
     n_spatial_neighbors: int = Default.spatial_k,
     n_feature_neighbors: int = Default.feature_k,
+    library_key: str | None = None,
     llm_key: str | None = Key.obsm.llm,
     llm_standardize: bool = True,
     log_input: bool = Default.log_input,
@@ -195,10 +243,12 @@ def prepare(
     feature graph and the ZINB target stay on the scaled matrix itself.
     """
     from ..gr import cosine_knn_graph
+    from ..gr._spatial import _library_codes
 
     check_anndata(adata, fn="semst.tl.domains")
     check_spatial(adata, spatial_key)
     check_choice("decoder", decoder, DECODERS)
+    _library_codes(adata, library_key)  # a wrong slice column fails before any work
     h_llm = None
     if llm_key is not None and llm_key in adata.obsm:
         h_llm = check_obsm(adata, llm_key, n_obs=adata.n_obs, made_by="semst.tl.semantic_embedding")
@@ -212,6 +262,7 @@ def prepare(
         connectivity_key=connectivity_key,
         spatial_mode=spatial_mode,
         n_spatial_neighbors=n_spatial_neighbors,
+        library_key=library_key,
     )
     if tmp is not None and write_graphs:
         adata.obsp[connectivity_key] = adj_spa
@@ -487,6 +538,7 @@ class SemST:
                 "spatial_mode",
                 "n_spatial_neighbors",
                 "n_feature_neighbors",
+                "library_key",
                 "log_input",
             )
             if k in p
