@@ -250,6 +250,24 @@ def test_check_obsm():
         check_obsm(adata, "X_llm", n_obs=adata.n_obs, made_by="f")
 
 
+def test_count_errors_say_where_the_counts_may_be():
+    adata = _adata()
+    counts = adata.X.copy()
+    adata.X = adata.X.astype(np.float32) * 0.5
+    with pytest.raises(
+        ValueError,
+        match=r"non-integer.*pass layer='counts' \(the layer's name\) if they are in a layer, or use",
+    ):
+        get_counts(adata)
+    adata.layers["counts"] = counts
+    adata.raw = ad.AnnData(X=counts, obs=adata.obs[[]], var=adata.var[[]])
+    with pytest.raises(
+        ValueError, match=r"\(layers: 'counts'\); adata\.raw is set.*adata\.raw\.to_adata\(\)"
+    ):
+        get_counts(adata)
+    assert get_counts(adata, layer="counts").nnz == sparse.csr_matrix(counts).nnz
+
+
 def test_check_matrix():
     dense = np.arange(12, dtype=np.float32).reshape(4, 3)
     for value in (dense, sparse.csr_matrix(dense), pd.DataFrame(dense)):

@@ -201,12 +201,25 @@ def _blocks(values: np.ndarray) -> Iterable[np.ndarray]:
         yield values[start : start + _BLOCK]
 
 
-def _check_count_values(values: np.ndarray, where: str) -> None:
+def _counts_advice(adata: AnnData | None) -> str:
+    """Where the counts may be instead: the layers present, ``adata.raw``, or the preprocessed path."""
+    advice = "semst expects raw integer UMI counts in adata.X"
+    layers = [] if adata is None else list(adata.layers.keys())
+    if layers:
+        advice += f"; pass layer=<name> if a layer holds them (layers: {', '.join(map(repr, layers[:8]))})"
+    else:
+        advice += "; pass layer='counts' (the layer's name) if they are in a layer"
+    if adata is not None and adata.raw is not None:
+        advice += (
+            "; adata.raw is set: if it holds the counts, run on adata.raw.to_adata() (same spots and "
+            "coordinates)"
+        )
+    return advice + ", or use the preprocessed path (use_hvg / layer=) of tl.domains"
+
+
+def _check_count_values(values: np.ndarray, where: str, adata: AnnData | None = None) -> None:
     """Raise on NaN, infinite, negative or non-integer entries of a flat array of stored values."""
-    advice = (
-        "semst expects raw integer UMI counts in adata.X; pass layer='counts' if they are in a layer, or "
-        "use the preprocessed path (use_hvg / layer=) of tl.domains"
-    )
+    advice = _counts_advice(adata)
     if values.dtype.kind in "iu":
         if values.dtype.kind == "i" and values.size and values.min() < 0:
             raise ValueError(f"{where} has negative values. {advice}.")
@@ -263,11 +276,11 @@ def get_counts(adata: AnnData, layer: str | None = None) -> sparse.csr_matrix:
         raise ValueError(f"{where} has shape {adata.shape}; it needs at least one spot and one gene.")
 
     if sparse.issparse(X):
-        _check_count_values(X.data, where)
+        _check_count_values(X.data, where, adata)
         counts = sparse.csr_matrix(X) if X.format != "csr" else X
     else:
         arr = np.asarray(X)
-        _check_count_values(arr.reshape(-1), where)
+        _check_count_values(arr.reshape(-1), where, adata)
         counts = sparse.csr_matrix(arr)
     if counts.dtype != np.float32:
         counts = counts.astype(np.float32)
