@@ -197,6 +197,10 @@ def test_several_libraries_without_library_key_warn(demo):
     with pytest.warns(UserWarning, match=r"describes 2 libraries \('A', 'B'\).*pass library_key=") as rec:
         semst.tl.domains(both, n_domains=3, n_epochs=2, progress=False)
     assert {w.filename for w in rec} == {__file__}  # the warning points at the caller, not at the package
+    del both.obsp[Key.obsp.spatial_conn]
+    with pytest.warns(UserWarning, match="describes 2 libraries") as rec:
+        semst.tl.SemST(both)  # one call less deep than through tl.domains: same answer
+    assert {w.filename for w in rec} == {__file__}
     slice_of = both.obs["slice"].to_numpy()
     conn = sp.coo_matrix(both.obsp[Key.obsp.spatial_conn])
     assert (slice_of[conn.row] != slice_of[conn.col]).any()  # what the warning is about

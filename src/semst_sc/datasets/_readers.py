@@ -13,6 +13,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import Key
+from .._utils import user_stacklevel
 
 _POSITION_FILES = ("tissue_positions.csv", "tissue_positions_list.csv")
 _IMAGES = ("tissue_hires_image.png", "tissue_lowres_image.png")
@@ -141,7 +142,7 @@ def read_visium(
         warnings.warn(
             f"tissue images or scalefactors_json.json missing in {spatial_dir}; reading without images.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
 
     with warnings.catch_warnings():

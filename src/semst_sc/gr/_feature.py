@@ -39,7 +39,7 @@ from scipy import sparse
 
 from .._constants import Default, Key
 from .._docs import inject_docs
-from .._utils import block_rows, row_blocks
+from .._utils import block_rows, row_blocks, user_stacklevel
 from .._validation import check_anndata, check_choice, check_n_neighbors, check_obsm, get_counts
 
 FEATURE_METHODS = ("auto", "exact", "svd")
@@ -236,7 +236,7 @@ def knn_indices(
             f"{n_zero} of {n} spots have an all-zero feature row; their cosine neighbours are arbitrary. "
             "Remove spots without expression first.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     info: dict[str, Any] = {"method": method, "metric": "cosine", "n_neighbors": k}
     if method == "exact":

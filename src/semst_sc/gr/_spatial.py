@@ -35,6 +35,7 @@ from scipy.spatial import cKDTree
 
 from .._constants import SPATIAL_MODES, Default, Key
 from .._docs import inject_docs
+from .._utils import user_stacklevel
 from .._validation import check_anndata, check_choice, check_n_neighbors, check_spatial
 
 #: Default radius, in median nearest-neighbour distances (see the module docstring).
@@ -354,7 +355,7 @@ def _build(
             f"radius={params.get('radius', 'n/a')}); graph convolutions will see only their own expression. "
             "Use a larger radius, mode='adaptive' or mode='knn'.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return conn, dist, params
 

@@ -20,7 +20,7 @@ from scipy import sparse
 
 from .._constants import Default, Key
 from .._docs import inject_docs
-from .._utils import block_rows, row_blocks
+from .._utils import block_rows, row_blocks, user_stacklevel
 from .._validation import check_anndata, get_counts
 
 
@@ -165,7 +165,7 @@ def preprocess_arrays(
             f"{int(zero.sum())} of {n_obs} spots have no count on the {hvg_idx.size} highly variable genes; "
             "their preprocessed rows are left at zero. Consider removing them.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     scale_rows = np.zeros(n_obs, dtype=np.float64)
     scale_rows[~zero] = target_sum / sums[~zero]

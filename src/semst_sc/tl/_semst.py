@@ -367,7 +367,7 @@ class SemST:
                 "precision='bfloat16' on a CPU without native bfloat16 instructions: the products are "
                 "emulated and slower than float32. Use precision='float32' (the default) here.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         self.adata = adata
         self.data = prepare(adata, decoder=decoder, seed=seed, **prepare_kwargs)
