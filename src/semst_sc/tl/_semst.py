@@ -243,12 +243,10 @@ def prepare(
     feature graph and the ZINB target stay on the scaled matrix itself.
     """
     from ..gr import cosine_knn_graph
-    from ..gr._spatial import _library_codes
 
     check_anndata(adata, fn="semst.tl.domains")
     check_spatial(adata, spatial_key)
     check_choice("decoder", decoder, DECODERS)
-    _library_codes(adata, library_key)  # a wrong slice column fails before any work
     h_llm = None
     if llm_key is not None and llm_key in adata.obsm:
         h_llm = check_obsm(adata, llm_key, n_obs=adata.n_obs, made_by="semst.tl.semantic_embedding")
