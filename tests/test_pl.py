@@ -169,6 +169,16 @@ def test_spatial_several_keys_side_by_side(adata):
     assert "array_row_colors" not in adata.uns  # continuous: no palette
 
 
+def test_spatial_one_panel_per_slice(adata):
+    a, b = adata.copy(), adata.copy()
+    a.obs_names = [f"a-{n}" for n in a.obs_names]
+    b.obs_names = [f"b-{n}" for n in b.obs_names]
+    both = ad.concat([a, b], label="slice", keys=["A", "B"])
+    axes = semst.pl.spatial(both, library_key="slice", return_ax=True)
+    assert len(axes) == 2
+    # each panel draws only its own slice's spots (squidpy may stack several collections of them)
+    assert [max(len(c.get_offsets()) for c in ax.collections) for ax in axes] == [adata.n_obs, adata.n_obs]
+
 def test_spatial_into_given_axes_and_save(adata, tmp_path):
     _fig, ax = plt.subplots()
     out = semst.pl.spatial(adata, ax=ax, save=tmp_path / "sub" / "domains.png")
