@@ -175,9 +175,16 @@ def test_spatial_one_panel_per_slice(adata):
     b.obs_names = [f"b-{n}" for n in b.obs_names]
     both = ad.concat([a, b], label="slice", keys=["A", "B"])
     axes = semst.pl.spatial(both, library_key="slice", return_ax=True)
-    assert len(axes) == 2
+    assert [a.get_title() for a in axes] == [f"{DOMAIN} (A)", f"{DOMAIN} (B)"]
     # each panel draws only its own slice's spots (squidpy may stack several collections of them)
     assert [max(len(c.get_offsets()) for c in ax.collections) for ax in axes] == [adata.n_obs, adata.n_obs]
+    axes = semst.pl.spatial(both, color=[DOMAIN, TRUTH], library_key="slice", library_id="B", return_ax=True)
+    assert [a.get_title() for a in axes] == [f"{DOMAIN} (B)", f"{TRUTH} (B)"]
+    with pytest.raises(ValueError, match="got 1 axes for 2 panels"):
+        semst.pl.spatial(both, library_key="slice", ax=[plt.subplots()[1]])
+    with pytest.raises(KeyError, match="section"):
+        semst.pl.spatial(both, library_key="section")
+
 
 def test_spatial_into_given_axes_and_save(adata, tmp_path):
     _fig, ax = plt.subplots()

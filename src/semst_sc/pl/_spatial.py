@@ -44,18 +44,33 @@ def _scatter(
     else:
         # With a tissue image squidpy draws spot circles on it; without, plain dots on the coordinates.
         shape = "circle" if _has_image(adata, spatial_key) else None
-    if shape is None and library_id is None and kwargs.get("library_key") is None:
+    library_key = kwargs.get("library_key")
+    if shape is None and library_id is None and library_key is None:
         library_id = [""]  # one set of coordinates, no image library: say so instead of a squidpy warning
+    n_panels = len(keys)
+    if library_key is not None:
+        # one panel per slice and key: name the slice in each title (squidpy's titles repeat the key only)
+        check_obs(adata, library_key)
+        if library_id is None:
+            present = pd.Categorical(adata.obs[library_key]).remove_unused_categories().categories
+            library_id = [str(c) for c in present]
+        libs = [library_id] if isinstance(library_id, str) else list(library_id)
+        n_panels = len(keys) * len(libs)
+        if title is None:
+            if kwargs.get("library_first", True):
+                title = [f"{key} ({lib})" for lib in libs for key in keys]
+            else:
+                title = [f"{key} ({lib})" for key in keys for lib in libs]
     kwargs.setdefault("na_color", NA_COLOR)
     kwargs.setdefault("frameon", False)
     if ax is not None and not isinstance(ax, Axes):
         ax = list(ax)
-        if len(ax) != len(keys):
-            raise ValueError(f"got {len(ax)} axes for {len(keys)} panels; pass one Axes per key")
+        if len(ax) != n_panels:
+            raise ValueError(f"got {len(ax)} axes for {n_panels} panels; pass one Axes per key (and slice)")
         if len(ax) == 1:
             ax = ax[0]
-    elif ax is not None and len(keys) > 1:
-        raise ValueError(f"one Axes given for {len(keys)} panels; pass a list of {len(keys)} Axes or ax=None")
+    elif ax is not None and n_panels > 1:
+        raise ValueError(f"one Axes given for {n_panels} panels; pass a list of {n_panels} Axes or ax=None")
     with warnings.catch_warnings():
         # squidpy hands matplotlib a colormap together with explicit colours for categories; harmless
         warnings.filterwarnings("ignore", message="No data for colormapping provided via 'c'")
@@ -111,14 +126,16 @@ def spatial(
         :attr:`anndata.AnnData.uns`, if any).
     library_id
         Which library (image) to draw, for data with several; see :func:`squidpy.pl.spatial_scatter`.
+        With ``library_key`` (passed on to squidpy): the slices to draw, every slice by default, one panel
+        per slice and key, each title naming its slice.
     ax
-        Axes to draw into: one per key. A new figure is made when ``None``.
+        Axes to draw into: one per panel. A new figure is made when ``None``.
     return_ax
         Return the axes instead of ``None``.
     save
         Path of a file to write the figure to; the format follows the extension (``.png``, ``.pdf``, ...).
     title
-        Panel title(s); the key names by default.
+        Panel title(s); the key names by default (``'key (slice)'`` with ``library_key``).
     palette
         Colours of the categories: a matplotlib colormap or its name, a list of colours or a dict
         category -> colour. When given it is stored in ``adata.uns['<key>_colors']`` (as scanpy does);
