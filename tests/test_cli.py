@@ -186,6 +186,17 @@ def light(files) -> dict[str, subprocess.CompletedProcess]:
             "evaluate": ["evaluate", files["small"], "--truth", "truth"],
             "plot": ["plot", files["small"], "-o", d / "domains.png", "--dpi", "40"],
             "compare": ["plot", files["small"], "-o", d / "compare.pdf", "--truth", "truth"],
+            # the two bands of the small tissue stand in for two slices: one panel each
+            "slices": [
+                "plot",
+                files["small"],
+                "-o",
+                d / "slices.png",
+                "--dpi",
+                "40",
+                "--library-key",
+                "truth",
+            ],
         }
     )
 
@@ -221,6 +232,8 @@ def test_plot_writes_the_figure(light, files):
         assert path.read_bytes()[:4] == magic
         assert str(path) in proc.stdout
     assert "compare" in light["compare"].stdout
+    assert light["slices"].returncode == 0, light["slices"].stderr
+    assert (files["dir"] / "slices.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.fixture(scope="module")

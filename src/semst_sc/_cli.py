@@ -352,7 +352,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         kind = "compare"
     with plt.rc_context({"figure.dpi": args.dpi, "savefig.dpi": args.dpi}):
         if kind == "spatial":
-            semst.pl.spatial(adata, color=colors)
+            extra = {} if args.library_key is None else {"library_key": args.library_key}
+            semst.pl.spatial(adata, color=colors, **extra)
         elif kind == "compare":
             if args.truth is None:
                 raise CLIError("--kind compare needs --truth KEY (the annotation column)")
@@ -515,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--truth", metavar="KEY", default=None, help="annotation column: draws truth vs domains")
     p.add_argument("--kind", choices=_PLOT_KINDS, default="spatial", help="which plot (default: %(default)s)")
+    p.add_argument(
+        "--library-key",
+        metavar="KEY",
+        default=None,
+        help="obs column naming each spot's slice: one panel per slice (--kind spatial)",
+    )
     p.add_argument("--dpi", type=_positive_int, default=150, help="resolution (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="allow FIG to be the input path")
     _add_common(p)
