@@ -184,6 +184,14 @@ def test_spatial_one_panel_per_slice(adata):
         semst.pl.spatial(both, library_key="slice", ax=[plt.subplots()[1]])
     with pytest.raises(KeyError, match="section"):
         semst.pl.spatial(both, library_key="section")
+    # slices named by numbers: each panel still gets only its own spots
+    both.obs["number"] = pd.Categorical(np.where(both.obs["slice"] == "A", 1, 2))
+    axes = semst.pl.spatial(both, library_key="number", return_ax=True)
+    assert [a.get_title() for a in axes] == [f"{DOMAIN} (1)", f"{DOMAIN} (2)"]
+    assert [max(len(c.get_offsets()) for c in ax.collections) for ax in axes] == [adata.n_obs, adata.n_obs]
+    both.obs["plain"] = np.asarray(both.obs["number"], dtype=np.int64)
+    with pytest.raises(TypeError, match=r"must be categorical.*astype\('category'\)"):
+        semst.pl.spatial(both, library_key="plain")
 
 
 def test_spatial_into_given_axes_and_save(adata, tmp_path):

@@ -51,9 +51,15 @@ def _scatter(
     if library_key is not None:
         # one panel per slice and key: name the slice in each title (squidpy's titles repeat the key only)
         check_obs(adata, library_key)
+        if not isinstance(adata.obs[library_key].dtype, pd.CategoricalDtype):
+            # squidpy needs a categorical column: without one it fails, or draws every spot in every panel
+            raise TypeError(
+                f"adata.obs[{library_key!r}] must be categorical to draw one panel per slice; convert it "
+                f"first: adata.obs[{library_key!r}] = adata.obs[{library_key!r}].astype('category')"
+            )
         if library_id is None:
-            present = pd.Categorical(adata.obs[library_key]).remove_unused_categories().categories
-            library_id = [str(c) for c in present]
+            # the values themselves (squidpy compares them with the column), not their text
+            library_id = list(adata.obs[library_key].cat.remove_unused_categories().cat.categories)
         libs = [library_id] if isinstance(library_id, str) else list(library_id)
         n_panels = len(keys) * len(libs)
         if title is None:
