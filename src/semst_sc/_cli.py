@@ -352,8 +352,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         kind = "compare"
     with plt.rc_context({"figure.dpi": args.dpi, "savefig.dpi": args.dpi}):
         if kind == "spatial":
-            extra = {} if args.library_key is None else {"library_key": args.library_key}
-            semst.pl.spatial(adata, color=colors, **extra)
+            semst.pl.spatial(adata, color=colors, library_key=args.library_key)
         elif kind == "compare":
             if args.truth is None:
                 raise CLIError("--kind compare needs --truth KEY (the annotation column)")
