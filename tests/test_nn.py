@@ -235,7 +235,12 @@ def test_zinb_nll_evaluates_non_integer_targets():
 
 @pytest.mark.parametrize("mode", ["faithful", "counts"])
 @pytest.mark.parametrize("extreme", [False, True])
-def test_fused_zinb_loss_equals_plain_loss_and_gradient(mode, extreme):
+@pytest.mark.parametrize("block_rows", [None, 2])
+def test_fused_zinb_loss_equals_plain_loss_and_gradient(mode, extreme, block_rows, monkeypatch):
+    if block_rows is not None:  # several element-wise blocks inside each chunk of head products
+        from semst_sc.nn import _zinb
+
+        monkeypatch.setattr(_zinb, "_pick_block_rows", lambda m, chunk_rows, device: block_rows)
     torch.manual_seed(1)
     n, m, hid = 37, 11, 8
     dec = snn.ZINBDecoder(5, hid, m, mode=mode).double()

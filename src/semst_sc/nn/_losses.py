@@ -132,7 +132,9 @@ class _PairDot(torch.autograd.Function):
     def forward(ctx, zn: torch.Tensor, i: torch.Tensor, j: torch.Tensor, chunk: int) -> torch.Tensor:
         out = zn.new_empty(i.shape[0])
         for s in range(0, i.shape[0], chunk):
-            out[s : s + chunk] = (zn[i[s : s + chunk]] * zn[j[s : s + chunk]]).sum(1)
+            # index_select: the same rows as zn[i], gathered about twice as fast on CPU
+            zi, zj = zn.index_select(0, i[s : s + chunk]), zn.index_select(0, j[s : s + chunk])
+            out[s : s + chunk] = (zi * zj).sum(1)
         ctx.save_for_backward(zn, i, j)
         ctx.chunk = chunk
         return out
@@ -144,8 +146,8 @@ class _PairDot(torch.autograd.Function):
         for s in range(0, i.shape[0], ctx.chunk):
             g = grad[s : s + ctx.chunk, None]
             ii, jj = i[s : s + ctx.chunk], j[s : s + ctx.chunk]
-            out.index_add_(0, ii, g * zn[jj])
-            out.index_add_(0, jj, g * zn[ii])
+            out.index_add_(0, ii, g * zn.index_select(0, jj))
+            out.index_add_(0, jj, g * zn.index_select(0, ii))
         return out, None, None, None
 
 

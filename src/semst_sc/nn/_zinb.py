@@ -170,18 +170,30 @@ class ZINBTarget:
 
 
 def _pick_chunk_rows(n: int, m: int, device: torch.device) -> int:
-    """Rows per chunk of the fused loss.
+    """Rows per chunk of the fused loss's head products (the N x 3M logits are made one chunk at a time).
 
-    On CPU about 2^20 entries (rows x M) with one thread: the temporaries stay in the cache. With several
-    threads, 2^22: every elementwise operation is a parallel region whose threads meet at a barrier, and
-    on a busy machine those barriers dominate unless the operations are few and large (measured: 2x
-    faster on a loaded 2-core machine, about 10 % more CPU time in a single thread). On GPU 2^24.
+    On CPU about 2^20 entries (rows x M) with one thread, 2^22 with several; on GPU 2^24. Where the chunks
+    fall decides the order in which the weight gradient is summed, hence its last bits: keep this rule
+    unchanged unless every recorded result is rerun (on DLPFC 151673 a different split of the rows moved
+    two of five seeds by 0.1 to 0.17 ARI, see benchmarks/README.md).
     """
     if device.type != "cpu":
         budget = 1 << 24
     else:
         budget = 1 << 22 if torch.get_num_threads() > 1 else 1 << 20
     return max(1, min(n, budget // max(m, 1)))
+
+
+def _pick_block_rows(m: int, chunk_rows: int, device: torch.device) -> int:
+    """Rows per block of the element-wise part of the fused loss.
+
+    On CPU about 2^19 entries (2 MB per float32 temporary): the dozen temporaries of one block stay in
+    the processor's cache instead of streaming through memory (measured on DLPFC: the element-wise part
+    about a third faster than on whole 2^22-entry chunks). On GPU the whole chunk at once.
+    """
+    if device.type != "cpu":
+        return chunk_rows
+    return max(1, min(chunk_rows, (1 << 19) // max(m, 1)))
 
 
 class _Workspace:
@@ -203,6 +215,80 @@ class _Workspace:
 
     def clear(self) -> None:
         self._bufs.clear()
+
+
+def _zinb_block(logits, g, size_factors, target, r0, r1, ridge, eps) -> torch.Tensor:
+    """Loss (float64 scalar) of target rows ``r0:r1`` from their logits; writes their logit gradient in ``g``.
+
+    ``logits`` is the (rows x 3M) head output of these rows; ``g`` (same shape) receives the gradient of
+    the summed loss with respect to it, or is None when no gradient is wanted.
+    """
+    m = logits.shape[1] // 3
+    lo, hi = math.log(MU_MIN), math.log(MU_MAX)
+    la, lb, lc = logits[:, :m], logits[:, m : 2 * m], logits[:, 2 * m :]
+    # the heads
+    mu = torch.clamp(la, lo, hi).exp_()  # == clamp(exp(a), MU_MIN, MU_MAX)
+    if size_factors is not None:
+        mu.mul_(size_factors[:, None])
+    theta = F.softplus(lb).clamp_(THETA_MIN, THETA_MAX)
+    pi = torch.sigmoid(lc)
+    # zero branch, on every entry: -log(pi + (1 - pi) q + eps), q = r^theta
+    r = torch.add(theta, mu).add_(eps)
+    torch.div(theta, r, out=r)
+    logr = torch.log(r)
+    q = torch.mul(theta, logr).exp_()
+    one_m_pi = torch.sub(1.0, pi)
+    t = torch.mul(one_m_pi, q)  # (1 - pi) q
+    dd = torch.add(t, pi).add_(eps)
+    log_dd = torch.log(dd)
+    # the non-zero entries of these rows: the negative-binomial branch. Gathers and scatters go through
+    # index_select / scatter_ on flat views (the indices are unique and sorted): several times faster
+    # than advanced indexing, whose deterministic mode sorts the indices again.
+    p0, p1 = int(target.indptr[r0]), int(target.indptr[r1])
+    idx = target.flat[p0:p1] - r0 * m
+    x = target.values[p0:p1]
+    mu_z = mu.view(-1).index_select(0, idx)
+    th_z = theta.view(-1).index_select(0, idx)
+    pi_z = pi.view(-1).index_select(0, idx)
+    te = th_z + eps
+    l1p = torch.log1p(mu_z / te)
+    nb = (
+        torch.lgamma(te)
+        - torch.lgamma(x + te)
+        + (th_z + x) * l1p
+        + x * (torch.log(te) - torch.log(mu_z + eps))
+        - torch.log(1.0 - pi_z + eps)
+    )
+    # float32 block sums (pairwise summation inside torch), accumulated in float64 by the caller
+    total = nb.sum() - log_dd.sum() + log_dd.view(-1).index_select(0, idx).sum()
+    if ridge:
+        total = total + ridge * torch.linalg.vector_norm(pi).square()
+    if g is None:
+        return total.to(torch.float64)
+    w = t.div_(dd)  # (1 - pi) q / D
+    g_mu = torch.mul(w, r)
+    g_th = r.sub_(logr).sub_(1.0).mul_(w)  # r is not needed any more
+    g_pi = q.sub_(1.0).div_(dd)  # nor is q
+    tem = te + mu_z
+    g_mu.view(-1).scatter_(0, idx, (th_z + x) / tem - x / (mu_z + eps))
+    g_th.view(-1).scatter_(
+        0, idx, torch.digamma(te) - torch.digamma(x + te) + l1p - (th_z + x) * mu_z / (te * tem) + x / te
+    )
+    g_pi.view(-1).scatter_(0, idx, 1.0 / (1.0 - pi_z + eps))
+    if ridge:
+        g_pi.add_(pi, alpha=2.0 * ridge)
+    # chain rule through the heads, written into the (rows x 3M) logit gradient
+    ga, gb, gc = g[:, :m], g[:, m : 2 * m], g[:, 2 * m :]
+    torch.mul(g_mu, mu, out=ga)
+    la_min, la_max = torch.aminmax(la)
+    if la_min < lo or la_max > hi:  # the clamp is active somewhere: no gradient there
+        ga.masked_fill_((la < lo) | (la > hi), 0.0)
+    torch.mul(g_th, torch.sigmoid(lb), out=gb)
+    th_min, th_max = torch.aminmax(theta)
+    if th_min <= THETA_MIN or th_max >= THETA_MAX:
+        gb.masked_fill_((theta <= THETA_MIN) | (theta >= THETA_MAX), 0.0)
+    torch.mul(g_pi, pi, out=gc).mul_(one_m_pi)
+    return total.to(torch.float64)
 
 
 class _FusedZINBLoss(torch.autograd.Function):
@@ -237,9 +323,7 @@ class _FusedZINBLoss(torch.autograd.Function):
         grad_w = torch.zeros_like(weight) if with_grad else None
         grad_b = torch.zeros_like(bias) if with_grad else None
         scale = 1.0 / (n * m)
-        lo, hi = math.log(MU_MIN), math.log(MU_MAX)
-        indptr = target.indptr
-        f64 = torch.float64
+        block_rows = _pick_block_rows(m, chunk_rows, h.device)
         for r0 in range(0, n, chunk_rows):
             r1 = min(n, r0 + chunk_rows)
             rr = r1 - r0
@@ -249,67 +333,21 @@ class _FusedZINBLoss(torch.autograd.Function):
                 logits.copy_(torch.mm(h_low[r0:r1], w_low.t())).add_(bias)
             else:
                 torch.addmm(bias, hc, weight.t(), out=logits)
-            la, lb, lc = logits[:, :m], logits[:, m : 2 * m], logits[:, 2 * m :]
-            # the heads
-            mu = torch.clamp(la, lo, hi).exp_()  # == clamp(exp(a), MU_MIN, MU_MAX)
-            if size_factors is not None:
-                mu.mul_(size_factors[r0:r1, None])
-            theta = F.softplus(lb).clamp_(THETA_MIN, THETA_MAX)
-            pi = torch.sigmoid(lc)
-            # zero branch, on every entry: -log(pi + (1 - pi) q + eps), q = r^theta
-            r = torch.add(theta, mu).add_(eps)
-            torch.div(theta, r, out=r)
-            logr = torch.log(r)
-            q = torch.mul(theta, logr).exp_()
-            one_m_pi = torch.sub(1.0, pi)
-            t = torch.mul(one_m_pi, q)  # (1 - pi) q
-            dd = torch.add(t, pi).add_(eps)
-            log_dd = torch.log(dd)
-            # non-zero entries of this chunk: the negative-binomial branch
-            p0, p1 = int(indptr[r0]), int(indptr[r1])
-            idx = target.flat[p0:p1] - r0 * m
-            x = target.values[p0:p1]
-            mu_z, th_z, pi_z = mu.view(-1)[idx], theta.view(-1)[idx], pi.view(-1)[idx]
-            te = th_z + eps
-            l1p = torch.log1p(mu_z / te)
-            nb = (
-                torch.lgamma(te)
-                - torch.lgamma(x + te)
-                + (th_z + x) * l1p
-                + x * (torch.log(te) - torch.log(mu_z + eps))
-                - torch.log(1.0 - pi_z + eps)
-            )
-            # float32 chunk sums (pairwise summation inside torch), accumulated in float64
-            chunk_total = nb.sum() - log_dd.sum() + log_dd.view(-1)[idx].sum()
-            if ridge:
-                chunk_total = chunk_total + ridge * torch.linalg.vector_norm(pi).square()
-            total += chunk_total.to(f64)
+            g = workspace.get("grad", (chunk_rows, 3 * m), h)[:rr] if with_grad else None
+            for b0 in range(0, rr, block_rows):
+                b1 = min(rr, b0 + block_rows)
+                total += _zinb_block(
+                    logits[b0:b1],
+                    None if g is None else g[b0:b1],
+                    None if size_factors is None else size_factors[r0 + b0 : r0 + b1],
+                    target,
+                    r0 + b0,
+                    r0 + b1,
+                    ridge,
+                    eps,
+                )
             if not with_grad:
                 continue
-            w = t.div_(dd)  # (1 - pi) q / D
-            g_mu = torch.mul(w, r)
-            g_th = torch.sub(r, logr).sub_(1.0).mul_(w)
-            g_pi = torch.sub(q, 1.0).div_(dd)
-            tem = te + mu_z
-            g_mu.view(-1)[idx] = (th_z + x) / tem - x / (mu_z + eps)
-            g_th.view(-1)[idx] = (
-                torch.digamma(te) - torch.digamma(x + te) + l1p - (th_z + x) * mu_z / (te * tem) + x / te
-            )
-            g_pi.view(-1)[idx] = 1.0 / (1.0 - pi_z + eps)
-            if ridge:
-                g_pi.add_(pi, alpha=2.0 * ridge)
-            # chain rule through the heads, written into the (rows x 3M) logit-gradient buffer
-            g = workspace.get("grad", (chunk_rows, 3 * m), h)[:rr]
-            ga, gb, gc = g[:, :m], g[:, m : 2 * m], g[:, 2 * m :]
-            torch.mul(g_mu, mu, out=ga)
-            la_min, la_max = torch.aminmax(la)
-            if la_min < lo or la_max > hi:  # the clamp is active somewhere: no gradient there
-                ga.masked_fill_((la < lo) | (la > hi), 0.0)
-            torch.mul(g_th, torch.sigmoid_(lb), out=gb)  # lb is not needed any more
-            th_min, th_max = torch.aminmax(theta)
-            if th_min <= THETA_MIN or th_max >= THETA_MAX:
-                gb.masked_fill_((theta <= THETA_MIN) | (theta >= THETA_MAX), 0.0)
-            torch.mul(g_pi, pi, out=gc).mul_(one_m_pi)
             if low:
                 g_low = g.to(matmul_dtype)
                 grad_h[r0:r1].copy_(torch.mm(g_low, w_low))
@@ -451,8 +489,9 @@ class ZINBDecoder(nn.Module):
         ridge, eps
             As in :func:`zinb_nll`.
         chunk_rows
-            Rows per chunk (default: about 2^20 entries of the N x M matrix per chunk on CPU with one
-            thread, 2^22 with several, 2^24 on GPU).
+            Rows per chunk of the head products (default: about 2^20 entries of the N x M matrix per chunk
+            on CPU with one thread, 2^22 with several, 2^24 on GPU). On CPU the element-wise part then
+            runs on blocks of about 2^19 entries inside each chunk.
         matmul_dtype
             None: the head products in the dtype of ``h``. ``torch.bfloat16``: their operands are rounded
             to bfloat16 and they accumulate in float32 (mixed precision); the loss itself stays float32.
