@@ -334,8 +334,9 @@ class _FusedZINBLoss(torch.autograd.Function):
             else:
                 torch.addmm(bias, hc, weight.t(), out=logits)
             g = workspace.get("grad", (chunk_rows, 3 * m), h)[:rr] if with_grad else None
-            for b0 in range(0, rr, block_rows):
-                b1 = min(rr, b0 + block_rows)
+            step = -(-rr // -(-rr // block_rows))  # blocks of equal size (the gradient does not depend on it)
+            for b0 in range(0, rr, step):
+                b1 = min(rr, b0 + step)
                 total += _zinb_block(
                     logits[b0:b1],
                     None if g is None else g[b0:b1],
