@@ -240,7 +240,7 @@ def test_fused_zinb_loss_equals_plain_loss_and_gradient(mode, extreme, block_row
     if block_rows is not None:  # several element-wise blocks inside each chunk of head products
         from semst_sc.nn import _zinb
 
-        monkeypatch.setattr(_zinb, "_pick_block_rows", lambda m, chunk_rows, device: block_rows)
+        monkeypatch.setattr(_zinb, "_pick_block_rows", lambda m, rows, device: block_rows)
     torch.manual_seed(1)
     n, m, hid = 37, 11, 8
     dec = snn.ZINBDecoder(5, hid, m, mode=mode).double()
