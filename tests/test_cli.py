@@ -118,6 +118,7 @@ def errors(files) -> dict[str, subprocess.CompletedProcess]:
                 "1",
             ],
             "bad_suffix": ["domains", files["small"], "-o", d / "out.csv"],
+            "bad_hops": ["domains", files["small"], "-o", d / "o5.h5ad", "--smooth-hops", "-1"],
         }
     )
 
@@ -169,6 +170,9 @@ def test_bad_value_and_output_name(errors, files):
     assert "n_domains must be between 2 and the number of spots (100)" in one_error_line(errors["bad_value"])
     assert not (files["dir"] / "o3.h5ad").exists()
     assert "must end in .h5ad" in one_error_line(errors["bad_suffix"])
+    proc = errors["bad_hops"]  # argparse refuses it: usage on stderr, exit 2, nothing written
+    assert proc.returncode == 2 and "expected a non-negative integer, got -1" in proc.stderr
+    assert not (files["dir"] / "o5.h5ad").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -286,10 +290,13 @@ def test_embed_then_domains_end_to_end(dlpfc_crop, tmp_path):
 
     # --overwrite replaces an existing file, even the input
     proc = semst(
-        "domains", out, "-o", out, "--n-domains", "3", "--epochs", "2", "--overwrite", "-q", timeout=900
-    )
+        "domains", out, "-o", out, "--n-domains", "3", "--epochs", "2", "--overwrite", "-q",
+        "--smooth-hops", "2", timeout=900,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert list(ad.read_h5ad(out).obs[Key.obs.domain].cat.categories) == ["1", "2", "3"]
+    res = ad.read_h5ad(out)
+    assert list(res.obs[Key.obs.domain].cat.categories) == ["1", "2", "3"]
+    assert params["smooth_hops"] == 0 and res.uns[Key.uns.semst]["params"]["smooth_hops"] == 2
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from semst_sc.tl._cluster import (
     _relabel_by_size,
     cluster_embedding,
     estimate_n_domains,
+    smooth_embedding,
     smooth_labels,
 )
 
@@ -90,3 +91,51 @@ def test_smooth_labels_majority_over_neighbours():
     labels = np.array([0, 1, 1, 0, 0])
     out = smooth_labels(labels, a)
     assert out[1] == 1 and out[2] == 1
+
+
+def test_smooth_embedding_is_repeated_neighbourhood_mean():
+    # two components: a path 0-1-2 and an edge 3-4; spot 5 has no neighbour; weights are ignored
+    a = sp.csr_matrix(
+        (np.array([2.0, 2.0, 0.5, 0.5, 3.0, 3.0]), ([0, 1, 1, 2, 3, 4], [1, 0, 2, 1, 4, 3])), shape=(6, 6)
+    )
+    x = np.arange(12, dtype=np.float32).reshape(6, 2) ** 2
+    before = x.copy()
+    dense = (a.toarray() != 0) + np.eye(6)
+    s = dense / dense.sum(1, keepdims=True)
+    np.testing.assert_allclose(smooth_embedding(x, a, 1), s @ x)
+    np.testing.assert_allclose(smooth_embedding(x, a, 3), s @ s @ s @ x)
+    out = smooth_embedding(x, a, 2)
+    np.testing.assert_array_equal(x, before)  # input untouched
+    assert out.dtype == np.float64 and out.shape == x.shape
+    np.testing.assert_array_equal(out[5], x[5])  # isolated spot keeps its row
+    # no mixing across components: the edge 3-4 averages to its own mean
+    np.testing.assert_allclose(out[3], x[3:5].mean(0))
+    np.testing.assert_allclose(smooth_embedding(x, a, 0), x)
+    # a stored self-loop does not count twice
+    np.testing.assert_allclose(smooth_embedding(x, a + sp.identity(6, format="csr"), 1), s @ x)
+
+
+def test_smooth_embedding_rejects_bad_arguments():
+    a = sp.identity(4, format="csr")
+    x = np.zeros((4, 3))
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="n_hops must be a non-negative integer"):
+            smooth_embedding(x, a, bad)
+    with pytest.raises(ValueError, match="adjacency has shape"):
+        smooth_embedding(np.zeros((5, 3)), a, 1)
+    with pytest.raises(ValueError, match="2-D"):
+        smooth_embedding(np.zeros(4), a, 1)
+
+
+def test_smooth_embedding_separates_noisy_neighbourhoods():
+    # two halves of a line of spots with means 0 and 1 buried in noise: averaging over the spatial graph
+    # makes them separable by a Gaussian mixture
+    rng = np.random.default_rng(0)
+    n = 400
+    a = sp.diags([np.ones(n - 1), np.ones(n - 1), np.ones(n - 2), np.ones(n - 2)], [-1, 1, -2, 2]).tocsr()
+    truth = (np.arange(n) >= n // 2).astype(int)
+    x = truth[:, None] + rng.normal(scale=1.5, size=(n, 2))
+    raw, _ = cluster_embedding(x, 2, n_pcs=None, seed=0)
+    smoothed, _ = cluster_embedding(smooth_embedding(x, a, 3), 2, n_pcs=None, seed=0)
+    assert adjusted_rand_score(truth, raw) < 0.3
+    assert adjusted_rand_score(truth, smoothed) > 0.6

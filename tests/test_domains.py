@@ -246,6 +246,29 @@ def test_smoothing_is_a_majority_vote_over_the_spatial_graph(adata):
     assert adjusted_rand_score(labels, got) < 1.0
 
 
+def test_smooth_hops_clusters_the_averaged_embedding_and_keeps_the_learned_one(adata):
+    from semst_sc.tl._cluster import cluster_embedding, smooth_embedding, smooth_labels
+
+    raw = semst.tl.domains(adata, n_domains=5, n_epochs=3, progress=False, copy=True)
+    assert raw.uns[Key.uns.semst]["params"]["smooth_hops"] == 0  # opt-in
+    semst.tl.domains(adata, n_domains=5, n_epochs=3, smooth_hops=2, progress=False)
+    assert adata.uns[Key.uns.semst]["params"]["smooth_hops"] == 2
+    # training is untouched and obsm keeps the learned embedding, not the averaged one
+    np.testing.assert_array_equal(adata.obsm[Key.obsm.semst], raw.obsm[Key.obsm.semst])
+    adj = adata.obsp[Key.obsp.spatial_conn]
+    labels, _ = cluster_embedding(smooth_embedding(raw.obsm[Key.obsm.semst], adj, 2), 5, seed=0)
+    got = adata.obs[Key.obs.domain].cat.codes.to_numpy()
+    assert adjusted_rand_score(smooth_labels(labels, adj), got) == 1.0
+    assert adjusted_rand_score(raw.obs[Key.obs.domain].cat.codes.to_numpy(), got) < 1.0
+    # the estimated number of domains is read from the same averaged embedding
+    est = semst.tl.domains(adata, n_epochs=3, smooth_hops=2, k_range=(2, 4), progress=False, copy=True)
+    sel = est.uns[Key.uns.semst]["domain_selection"]
+    want = semst.tl.estimate_n_domains(
+        smooth_embedding(est.obsm[Key.obsm.semst], adj, 2), k_range=(2, 4), seed=0
+    )
+    np.testing.assert_allclose(sel["score"], want.score)
+
+
 def test_log_input_and_spatial_weighting_are_recorded_and_change_training(adata):
     a = semst.tl.domains(adata, n_domains=3, n_epochs=2, progress=False, copy=True)
     b = semst.tl.domains(adata, n_domains=3, n_epochs=2, log_input=False, progress=False, copy=True)
@@ -289,6 +312,19 @@ def test_zinb_fraction_is_recorded_and_changes_training(adata):
         (None, {"n_domains": 3, "zinb_fraction": 0}, ValueError, r"zinb_fraction.*\(0, 1\]"),
         (None, {"n_domains": 3, "zinb_fraction": 1.5}, ValueError, r"zinb_fraction.*\(0, 1\]"),
         (None, {"n_domains": 3, "zinb_fraction": "half"}, TypeError, "zinb_fraction"),
+        (None, {"n_domains": 3, "smooth_hops": -1}, ValueError, "smooth_hops must be a non-negative integer"),
+        (
+            None,
+            {"n_domains": 3, "smooth_hops": 1.5},
+            ValueError,
+            "smooth_hops must be a non-negative integer",
+        ),
+        (
+            None,
+            {"n_domains": 3, "smooth_hops": True},
+            ValueError,
+            "smooth_hops must be a non-negative integer",
+        ),
         (None, {"n_domains": 3, "library_key": "slice"}, KeyError, "library_key='slice' is not a column"),
         (None, {"n_domains": 3, "library_key": "slice", "model": "minilm"}, KeyError, "library_key='slice'"),
         ("slice_nan", {"n_domains": 3, "library_key": "slice"}, ValueError, "missing value"),

@@ -28,9 +28,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RESULTS = HERE / "results"
 DATASETS = ["dlpfc_151673", "starmap_mvc", "osmfish_sscortex"]
-METHODS = ["semst", "graphst", "spagcn", "banksy_l0.2", "banksy_l0.8", "cellcharter"]
+METHODS = ["semst", "semst_hops2", "graphst", "spagcn", "banksy_l0.2", "banksy_l0.8", "cellcharter"]
 LABEL = {
     "semst": "semst-sc",
+    "semst_hops2": "semst-sc, smooth_hops=2",
     "graphst": "GraphST",
     "spagcn": "SpaGCN",
     "banksy_l0.2": "BANKSY λ=0.2",
@@ -40,7 +41,7 @@ LABEL = {
 
 
 def default_python(method: str) -> str:
-    if method == "semst":
+    if method.startswith("semst"):
         return os.environ.get("SEMST_PYTHON", str(REPO / ".venv" / "bin" / "python"))
     venv = os.environ.get("PEERS_VENV", "/work/peers-venv")
     return str(Path(venv) / "bin" / "python")
@@ -92,7 +93,7 @@ def run_one(method, dataset, seed, *, python, timeout_s, mem_limit_mb, run_id, l
         "--run-id",
         run_id,
     ]
-    if method == "semst":
+    if method.startswith("semst"):
         cmd += ["--semst-kwargs", semst_kwargs]
     load0 = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()

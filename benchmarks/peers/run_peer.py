@@ -91,7 +91,7 @@ def run(method: str, dataset: str, seed: int, semst_kwargs: dict | None = None) 
         n_domains = len({t for t in truth if t is not None})
         rec.update(n_spots=int(adata.n_obs), n_genes=int(adata.n_vars), n_domains=n_domains, platform=plat)
         fn = peer_methods.METHODS[method]
-        kwargs = (semst_kwargs or {}) if method == "semst" else {}
+        kwargs = (semst_kwargs or {}) if method.startswith("semst") else {}
         t0 = time.perf_counter()
         labels, settings = fn(adata, n_domains, seed, plat, **kwargs)
         rec["wall_s"] = round(time.perf_counter() - t0, 2)

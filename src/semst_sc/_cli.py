@@ -277,6 +277,7 @@ def _cmd_domains(args: argparse.Namespace) -> int:
         fusion=args.fusion,
         cluster_method=args.cluster_method,
         library_key=args.library_key,
+        smooth_hops=args.smooth_hops,
         model=args.model,
         seed=args.seed,
         device=args.device,
@@ -404,14 +405,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # parser
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "positive")
+
+
+def _nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0, "non-negative")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -467,6 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         default=None,
         help="obs column naming each spot's slice, when IN holds several slices (no spatial edge between them)",
+    )
+    p.add_argument(
+        "--smooth-hops",
+        type=_nonnegative_int,
+        default=Default.smooth_hops,
+        metavar="N",
+        help="average the embedding over each spot's spatial neighbours N times before clustering; 2 suits "
+        "single-cell-resolution (imaging) data, 0 Visium spots (default: %(default)s)",
     )
     p.add_argument("--truth", metavar="KEY", default=None, help="obs column to evaluate the domains against")
     _add_run_options(p)

@@ -71,6 +71,10 @@ class Default:
     # adds 0.01-0.05 on DLPFC and about 0.13 on STARmap. Departures from the reference code, both switchable.
     log_input = True
     smooth = True
+    # Averaging the embedding over the spatial graph before clustering (tl.smooth_embedding) is opt-in: two
+    # passes lift imaging data (osmFISH 0.55 -> 0.69, STARmap 0.76 -> 0.78 ARI over five seeds) but lower
+    # Visium DLPFC (0.50 -> 0.43), whose spots already pool several cells (benchmarks/README.md).
+    smooth_hops = 0
     seed = 0
     precision = "float32"
 

@@ -69,6 +69,16 @@ def check_choice(name: str, value: Any, options: Iterable[Any]) -> None:
         raise ValueError(f"{name}={value!r} is not a valid choice; use one of {valid}.")
 
 
+def check_n_hops(value: Any, name: str) -> int:
+    """A non-negative integer number of smoothing passes (``bool`` is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(
+            f"{name} must be a non-negative integer (0: cluster the embedding as learned; 2 for "
+            f"single-cell-resolution data), got {value!r}."
+        )
+    return int(value)
+
+
 def check_n_neighbors(n_obs: int, k: Any, what: str) -> int:
     """Check a neighbour count ``k`` against the number of spots ``n_obs``.
 

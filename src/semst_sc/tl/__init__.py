@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._cluster import cluster_embedding, estimate_n_domains, smooth_labels
+from ._cluster import cluster_embedding, estimate_n_domains, smooth_embedding, smooth_labels
 from ._domains import domains
 from ._evaluate import evaluate
 from ._semantic import semantic_embedding
@@ -15,5 +15,6 @@ __all__ = [
     "estimate_n_domains",
     "evaluate",
     "semantic_embedding",
+    "smooth_embedding",
     "smooth_labels",
 ]

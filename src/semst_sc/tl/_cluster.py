@@ -17,7 +17,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 
 from .._constants import CLUSTER_METHODS
-from .._validation import check_choice
+from .._validation import check_choice, check_n_hops
 
 #: Candidates tried when the number of domains is estimated.
 DEFAULT_K_RANGE = (2, 15)
@@ -241,6 +241,53 @@ def estimate_n_domains(
         scores.append(score)
     chosen = ks[int(np.argmax(scores))]
     return DomainSelection(np.array(ks), np.array(scores), "silhouette", chosen)
+
+
+def smooth_embedding(emb: np.ndarray, adjacency: sp.spmatrix, n_hops: int = 2) -> np.ndarray:
+    """Average each spot's embedding with its spatial neighbours', ``n_hops`` times.
+
+    Each pass replaces a spot's row by the mean of its own row and its neighbours' rows (the row-normalised
+    ``A + I`` of the spatial graph), so after ``n_hops`` passes a spot reflects its neighbourhood up to
+    ``n_hops`` edges away. On single-cell-resolution data (imaging platforms) this turns what the embedding
+    says about each cell into what it says about the cell's niche, which is what a spatial domain is; see
+    ``smooth_hops`` in :func:`semst_sc.tl.domains`. Cost and memory are linear in spots (a sparse product
+    per pass); spots without a neighbour keep their own row, and slices with no edge between them stay
+    apart.
+
+    Parameters
+    ----------
+    emb
+        Embedding, N x d (e.g. ``obsm['X_semst']``).
+    adjacency
+        Spatial graph, N x N sparse (e.g. ``obsp['spatial_connectivities']``); non-zero entries are
+        neighbours, whatever their weight.
+    n_hops
+        Number of passes; 0 returns the embedding unchanged (as float64).
+
+    Returns
+    -------
+    numpy.ndarray
+        A new N x d float64 array; ``emb`` is not modified.
+    """
+    n_hops = check_n_hops(n_hops, "n_hops")
+    x = np.array(emb, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"emb must be a 2-D array (spots x dimensions), got shape {x.shape}.")
+    n = x.shape[0]
+    if adjacency.shape != (n, n):
+        raise ValueError(
+            f"adjacency has shape {adjacency.shape} but emb has {n} rows; pass the spatial graph of the same "
+            "spots (e.g. adata.obsp['spatial_connectivities'])."
+        )
+    if n_hops == 0:
+        return x
+    a = (sp.csr_matrix(adjacency) != 0).astype(np.float64)
+    a = (a + sp.identity(n, dtype=np.float64, format="csr")).tocsr()
+    a.data[:] = 1.0  # a stored self-loop counts once
+    s = sp.diags(1.0 / np.asarray(a.sum(axis=1)).ravel()) @ a
+    for _ in range(n_hops):
+        x = s @ x
+    return np.asarray(x)
 
 
 def smooth_labels(labels: np.ndarray, adjacency: sp.spmatrix) -> np.ndarray:
