@@ -258,7 +258,11 @@ def semst(adata, n_domains: int, seed: int, platform: str, **kwargs) -> tuple[np
         k: (v if isinstance(v, int | float | str | bool) else str(v))
         for k, v in info.get("params", {}).items()
     }
-    settings = {"call": f"semst.tl.domains(adata, n_domains={n_domains}, seed={seed})", "kwargs": kwargs}
+    extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+    settings = {
+        "call": f"semst.tl.domains(adata, n_domains={n_domains}, seed={seed}{extra})",
+        "kwargs": kwargs,
+    }
     settings["params"] = params
     settings["version"] = str(getattr(semst_pkg, "__version__", "unknown"))
     return np.asarray(ad.obs["semst_domain"].astype(str)), settings
@@ -269,9 +273,7 @@ def semst_hops2(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """semst-sc with the setting its documentation recommends for single-cell-resolution data:
     ``smooth_hops=2`` (the embedding averaged twice over the spatial graph before clustering)."""
-    labels, settings = semst(adata, n_domains, seed, platform, **{"smooth_hops": 2, **kwargs})
-    settings["call"] = settings["call"][:-1] + ", smooth_hops=2)"
-    return labels, settings
+    return semst(adata, n_domains, seed, platform, **{"smooth_hops": 2, **kwargs})
 
 
 METHODS = {
@@ -296,8 +298,7 @@ def versions(method: str) -> dict[str, str]:
         "banksy_l0.8": ["pybanksy", "scanpy", "leidenalg"],
         "cellcharter": ["cellcharter", "torchgmm", "squidpy", "scanpy", "torch"],
         "semst": ["semst-sc", "torch", "scanpy", "squidpy"],
-        "semst_hops2": ["semst-sc", "torch", "scanpy", "squidpy"],
-    }[method]
+    }["semst" if method.startswith("semst") else method]
     out = {}
     for p in [*pkgs, "numpy", "scipy", "scikit-learn", "anndata"]:
         try:
