@@ -254,23 +254,49 @@ def scaling_table(records: list[dict], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _processors(records: list[dict]) -> str:
+    """' Processor: ...' naming the processors the records ran on (recorded since 2026-11-26)."""
+    seen = sorted(
+        {
+            f"{h['processor']} ({h.get('simd') or '?'})"
+            for r in records
+            if (h := r.get("host") or {}).get("processor")
+        }
+    )
+    if not seen:
+        return ""
+    missing = sum(1 for r in records if not (r.get("host") or {}).get("processor"))
+    tail = f"; {missing} earlier records do not name theirs" if missing else ""
+    return f" Processor: {', '.join(seen)}{tail}."
+
+
 def write_tables(out_jsonl: Path) -> str:
     records = load_records(out_jsonl)
     acc = accuracy_table(records, METHODS, DATASETS)
     scal = scaling_table(records, METHODS)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    # results/peers.jsonl -> results/table.md and scaling.md; any other file -> <stem>_table.md and
+    # <stem>_scaling.md beside it, so a run kept apart (another machine, say) never overwrites the main tables
+    if out_jsonl.resolve() == (RESULTS / "peers.jsonl").resolve():
+        table_md, scaling_md = RESULTS / "table.md", RESULTS / "scaling.md"
+    else:
+        table_md = out_jsonl.with_name(out_jsonl.stem + "_table.md")
+        scaling_md = out_jsonl.with_name(out_jsonl.stem + "_scaling.md")
+    table_md.parent.mkdir(parents=True, exist_ok=True)
     head = (
         "Label-free, true number of domains given to every method; mean over the seeds listed (ARI ± "
         "population sd). wall s: the method alone (preprocessing, training, clustering), mean over seeds; "
         "peak MB: the run's process peak resident memory (getrusage), including imports and data. "
         "Machine: 2 cores, shared with other work (load = 1-minute load average during the run). "
-        f"Built from {out_jsonl.name} (latest record per method, dataset, seed).\n\n"
+        f"Built from {out_jsonl.name} (latest record per method, dataset, seed)."
+        f"{_processors(records)}\n\n"
     )
-    (RESULTS / "table.md").write_text(head + acc + "\n")
-    (RESULTS / "scaling.md").write_text(
-        "Synthetic tissues (synth.py: square lattice, 7 domains, 2000 genes, NB counts). Failed runs show "
-        "the time and memory at which they were stopped.\n\n" + scal + "\n"
-    )
+    table_md.write_text(head + acc + "\n")
+    has_scaling = any(str(r.get("dataset", "")).startswith("synth_") for r in records)
+    if has_scaling or scaling_md == RESULTS / "scaling.md":
+        scaling_md.write_text(
+            "Synthetic tissues (synth.py: square lattice, 7 domains, 2000 genes, NB counts). Failed runs "
+            "show the time and memory at which they were stopped.\n\n" + scal + "\n"
+        )
     return acc + "\n\n" + scal
 
 

@@ -73,6 +73,18 @@ def load(dataset: str):
     return clean, truth, plat
 
 
+def _processor() -> dict:
+    """The processor's model name and widest vector extension (Linux): CPU timings and bits depend on them."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    simd = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "")
+    return {"processor": name, "simd": simd, "bf16": "avx512_bf16" in flags or "amx_bf16" in flags}
+
+
 def _maxrss_mb(who) -> float:
     return resource.getrusage(who).ru_maxrss / 1024.0  # Linux: KiB
 
@@ -111,7 +123,7 @@ def run(method: str, dataset: str, seed: int, semst_kwargs: dict | None = None) 
     rec["loadavg"] = [round(x, 2) for x in os.getloadavg()]
     rec["versions"] = peer_methods.versions(method)
     rec["python"] = sys.executable
-    rec["host"] = {"cpus": os.cpu_count(), "machine": _platform.machine()}
+    rec["host"] = {"cpus": os.cpu_count(), "machine": _platform.machine(), **_processor()}
     rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return rec
 
