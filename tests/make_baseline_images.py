@@ -121,7 +121,18 @@ def _domain_selection(adata):
 
 def _embedding(adata):
     import semst_sc as semst
+    from semst_sc.pl._embedding import _fingerprint
 
+    # A fixed layout stands in for the UMAP, stored the way pl.embedding caches its own, so the drawing is
+    # what this image tests: UMAP's coordinates differ between processors (float sums in numba and
+    # pynndescent). pl.embedding must reuse this layout; computing a UMAP instead would change the image.
+    code = adata.obs[DOMAIN].cat.codes.to_numpy()
+    angle = 2 * np.pi * code / 8
+    noise = np.random.default_rng(1).normal(scale=0.7, size=(adata.n_obs, 2))
+    adata.obsm["X_semst_umap"] = (np.c_[np.cos(angle), np.sin(angle)] * 5 + noise).astype(np.float32)
+    params = {"basis": "X_semst", "n_neighbors": 15, "seed": 0}
+    params["fingerprint"] = _fingerprint(np.asarray(adata.obsm["X_semst"]))
+    adata.uns["X_semst_umap"] = {"params": params}
     return semst.pl.embedding(adata, truth_key=TRUTH, return_ax=True)[0].figure
 
 
