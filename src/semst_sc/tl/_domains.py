@@ -167,7 +167,8 @@ def domains(
         (:func:`~semst_sc.tl.smooth_embedding`); 0 (the default) clusters the embedding as learned. Use 2
         for single-cell-resolution data (MERFISH, osmFISH, STARmap, Xenium, CosMx): there a domain is a
         neighbourhood of cells of several types, and two passes lifted ARI on osmFISH from 0.55 to 0.69
-        and on STARmap from 0.76 to 0.78 (five seeds each). On Visium, whose spots already pool several
+        and on STARmap from 0.76 to 0.78 (five seeds each; on another processor STARmap went from 0.83
+        to 0.79 instead, so the osmFISH gain is the one to count on). On Visium, whose spots already pool several
         cells, it lowered DLPFC from 0.50 to 0.43, and no number of passes helped there. The passes use
         the spatial graph of training and so stay within a slice. ``obsm[embedding_key]`` keeps the
         learned embedding; to cluster it again with this setting, pass
