@@ -8,7 +8,9 @@ a window of DLPFC 151673), its expert layers as the annotation, and
   moved to the next layer's domain and an eighth domain carved out of the white matter (its smaller part) (so the Hungarian
   matching has something to do and one domain stays unmatched);
 - ``obsm['X_semst']``: a one-hot code of that domain plus fixed Gaussian noise;
-- ``uns['semst']``: a smooth deterministic loss history and a domain-selection curve peaking at 7.
+- ``uns['semst']``: a smooth deterministic loss history and a domain-selection curve peaking at 7;
+- for the embedding image only, ``obsm['X_semst_umap']``: a fixed layout (domain centres on a circle plus
+  fixed noise) cached as ``pl.embedding``'s UMAP, since a computed UMAP differs between processors.
 
 Regenerate the images (after a deliberate change of a plot, and after looking at every one of them):
 

@@ -93,9 +93,7 @@ def _facecolors(ax) -> np.ndarray:
 # reference images
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "embedding" else n for n in mbi.CASES]
-)
+@pytest.mark.parametrize("name", list(mbi.CASES))
 def test_matches_reference_image(case_input, name, tmp_path):
     expected = mbi.BASELINE_DIR / f"{name}.png"
     assert expected.exists(), f"missing reference image; run python tests/make_baseline_images.py {name}"
