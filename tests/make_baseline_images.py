@@ -123,7 +123,8 @@ def _domain_selection(adata):
 
 def _embedding(adata):
     import semst_sc as semst
-    from semst_sc.pl._embedding import _fingerprint
+    from semst_sc._constants import Key
+    from semst_sc.pl._embedding import _umap_params
 
     # A fixed layout stands in for the UMAP, stored the way pl.embedding caches its own, so the drawing is
     # what this image tests: UMAP's coordinates differ between processors (float sums in numba and
@@ -131,10 +132,11 @@ def _embedding(adata):
     code = adata.obs[DOMAIN].cat.codes.to_numpy()
     angle = 2 * np.pi * code / 8
     noise = np.random.default_rng(1).normal(scale=0.7, size=(adata.n_obs, 2))
-    adata.obsm["X_semst_umap"] = (np.c_[np.cos(angle), np.sin(angle)] * 5 + noise).astype(np.float32)
-    params = {"basis": "X_semst", "n_neighbors": 15, "seed": 0}
-    params["fingerprint"] = _fingerprint(np.asarray(adata.obsm["X_semst"]))
-    adata.uns["X_semst_umap"] = {"params": params}
+    basis = Key.obsm.semst
+    adata.obsm[f"{basis}_umap"] = (np.c_[np.cos(angle), np.sin(angle)] * 5 + noise).astype(np.float32)
+    # pl.embedding's defaults: n_neighbors=15, seed=0
+    params = _umap_params(np.asarray(adata.obsm[basis]), basis, n_neighbors=15, seed=0)
+    adata.uns[f"{basis}_umap"] = {"params": params}
     return semst.pl.embedding(adata, truth_key=TRUTH, return_ax=True)[0].figure
 
 

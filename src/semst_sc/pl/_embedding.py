@@ -22,6 +22,16 @@ def _fingerprint(x: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(x).data, usedforsecurity=False).hexdigest()
 
 
+def _umap_params(emb: np.ndarray, basis: str, n_neighbors: int, seed: int) -> dict:
+    """What a cached UMAP records in ``uns[key_added]['params']``; it is reused only when these match."""
+    return {
+        "basis": basis,
+        "n_neighbors": int(n_neighbors),
+        "seed": int(seed),
+        "fingerprint": _fingerprint(emb),
+    }
+
+
 def _umap(adata: AnnData, basis: str, key_added: str, n_neighbors: int, seed: int) -> np.ndarray:
     """UMAP of ``obsm[basis]``, cached in ``obsm[key_added]``; the user's neighbors/umap are not touched."""
     import scanpy as sc
@@ -31,12 +41,7 @@ def _umap(adata: AnnData, basis: str, key_added: str, n_neighbors: int, seed: in
         raise ValueError(f"adata.obsm[{basis!r}] must be a 2-d array with one row per spot, got {emb.shape}")
     if not np.issubdtype(emb.dtype, np.number):
         raise TypeError(f"adata.obsm[{basis!r}] must be numeric, got {emb.dtype}")
-    params = {
-        "basis": basis,
-        "n_neighbors": int(n_neighbors),
-        "seed": int(seed),
-        "fingerprint": _fingerprint(emb),
-    }
+    params = _umap_params(emb, basis, n_neighbors, seed)
     rec = adata.uns.get(key_added)
     if (
         key_added in adata.obsm
