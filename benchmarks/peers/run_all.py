@@ -276,7 +276,8 @@ def write_tables(out_jsonl: Path) -> str:
     scal = scaling_table(records, METHODS)
     # results/peers.jsonl -> results/table.md and scaling.md; any other file -> <stem>_table.md and
     # <stem>_scaling.md beside it, so a run kept apart (another machine, say) never overwrites the main tables
-    if out_jsonl.resolve() == (RESULTS / "peers.jsonl").resolve():
+    main = out_jsonl.resolve() == (RESULTS / "peers.jsonl").resolve()
+    if main:
         table_md, scaling_md = RESULTS / "table.md", RESULTS / "scaling.md"
     else:
         table_md = out_jsonl.with_name(out_jsonl.stem + "_table.md")
@@ -292,7 +293,7 @@ def write_tables(out_jsonl: Path) -> str:
     )
     table_md.write_text(head + acc + "\n")
     has_scaling = any(str(r.get("dataset", "")).startswith("synth_") for r in records)
-    if has_scaling or scaling_md == RESULTS / "scaling.md":
+    if main or has_scaling:
         scaling_md.write_text(
             "Synthetic tissues (synth.py: square lattice, 7 domains, 2000 genes, NB counts). Failed runs "
             "show the time and memory at which they were stopped.\n\n" + scal + "\n"

@@ -168,8 +168,8 @@ def domains(
         for single-cell-resolution data (MERFISH, osmFISH, STARmap, Xenium, CosMx): there a domain is a
         neighbourhood of cells of several types, and two passes lifted ARI on osmFISH from 0.55 to 0.69
         and on STARmap from 0.76 to 0.78 (five seeds each; on another processor STARmap went from 0.83
-        to 0.79 instead, so the osmFISH gain is the one to count on). On Visium, whose spots already pool several
-        cells, it lowered DLPFC from 0.50 to 0.43, and no number of passes helped there. The passes use
+        to 0.79 instead, so the osmFISH gain is the one to count on). On Visium, whose spots already
+        pool several cells, it lowered DLPFC from 0.50 to 0.43, and no number of passes helped there. The passes use
         the spatial graph of training and so stay within a slice. ``obsm[embedding_key]`` keeps the
         learned embedding; to cluster it again with this setting, pass
         ``smooth_embedding(adata.obsm['X_semst'], adata.obsp['spatial_connectivities'], 2)`` to
