@@ -291,12 +291,17 @@ def test_embed_then_domains_end_to_end(dlpfc_crop, tmp_path):
     # --overwrite replaces an existing file, even the input
     proc = semst(
         "domains", out, "-o", out, "--n-domains", "3", "--epochs", "2", "--overwrite", "-q",
-        "--smooth-hops", "2", timeout=900,
+        "--smooth-hops", "2", "--cluster-metric", "euclidean", timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = ad.read_h5ad(out)
     assert list(res.obs[Key.obs.domain].cat.categories) == ["1", "2", "3"]
     assert params["smooth_hops"] == 0 and res.uns[Key.uns.semst]["params"]["smooth_hops"] == 2
+    assert (
+        params["cluster_metric"] == "cosine"
+        and res.uns[Key.uns.semst]["params"]["cluster_metric"] == "euclidean"
+    )
+    assert re.search(r"cluster metric\s+euclidean", proc.stdout), proc.stdout
 
 
 @pytest.mark.slow

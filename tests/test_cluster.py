@@ -129,13 +129,61 @@ def test_smooth_embedding_rejects_bad_arguments():
 
 def test_smooth_embedding_separates_noisy_neighbourhoods():
     # two halves of a line of spots with means 0 and 1 buried in noise: averaging over the spatial graph
-    # makes them separable by a Gaussian mixture
+    # makes them separable by a Gaussian mixture (euclidean: the halves differ by position, not direction)
     rng = np.random.default_rng(0)
     n = 400
     a = sp.diags([np.ones(n - 1), np.ones(n - 1), np.ones(n - 2), np.ones(n - 2)], [-1, 1, -2, 2]).tocsr()
     truth = (np.arange(n) >= n // 2).astype(int)
     x = truth[:, None] + rng.normal(scale=1.5, size=(n, 2))
-    raw, _ = cluster_embedding(x, 2, n_pcs=None, seed=0)
-    smoothed, _ = cluster_embedding(smooth_embedding(x, a, 3), 2, n_pcs=None, seed=0)
+    raw, _ = cluster_embedding(x, 2, metric="euclidean", n_pcs=None, seed=0)
+    smoothed, _ = cluster_embedding(smooth_embedding(x, a, 3), 2, metric="euclidean", n_pcs=None, seed=0)
     assert adjusted_rand_score(truth, raw) < 0.3
     assert adjusted_rand_score(truth, smoothed) > 0.6
+
+
+def _rays(n_per=100, k=3, d=8, seed=0):
+    """k nearby directions; along each, spots at lengths spread over a factor of 20 (as embeddings of spots
+    whose depth differs). Their direction is the group, their length is noise."""
+    rng = np.random.default_rng(seed)
+    dirs = np.ones((k, d)) + 0.4 * rng.normal(size=(k, d))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    lengths = rng.uniform(0.5, 10.0, size=(k * n_per, 1))
+    x = np.repeat(dirs, n_per, axis=0) * lengths + rng.normal(scale=0.02, size=(k * n_per, d)) * lengths
+    return x, np.repeat(np.arange(k), n_per)
+
+
+@pytest.mark.parametrize("method", ["gmm", "kmeans"])
+def test_cosine_metric_groups_by_direction_not_length(method):
+    x, y = _rays()
+    cos, _ = cluster_embedding(x, 3, method=method, seed=0)  # cosine: the default
+    euc, _ = cluster_embedding(x, 3, method=method, metric="euclidean", seed=0)
+    assert adjusted_rand_score(y, cos) > 0.95
+    assert adjusted_rand_score(y, euc) < 0.8  # as learned, the lengths split the rays
+    # the same as clustering the unit rows by hand, and the input is not changed
+    before = x.copy()
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_array_equal(
+        cluster_embedding(unit, 3, method=method, metric="euclidean", seed=0)[0], cos
+    )
+    np.testing.assert_array_equal(x, before)
+
+
+def test_cosine_metric_keeps_zero_rows_finite():
+    x, _ = _rays(n_per=40)
+    x[:5] = 0.0
+    labels, _ = cluster_embedding(x, 3, metric="cosine", seed=0)
+    assert labels.shape == (x.shape[0],) and np.unique(labels).size == 3
+
+
+def test_estimate_n_domains_in_cosine_geometry():
+    x, _ = _rays(k=4, n_per=60)
+    sel = estimate_n_domains(x, k_range=(2, 6), method="kmeans", metric="cosine", seed=0)
+    assert sel.chosen == 4
+
+
+def test_unknown_metric_lists_valid_options():
+    x, _ = _blobs()
+    with pytest.raises(ValueError, match=r"metric='manhattan'.*'euclidean'.*'cosine'"):
+        cluster_embedding(x, 4, metric="manhattan")
+    with pytest.raises(ValueError, match=r"'euclidean'.*'cosine'"):
+        estimate_n_domains(x, k_range=(2, 4), metric="l2")

@@ -269,6 +269,29 @@ def test_smooth_hops_clusters_the_averaged_embedding_and_keeps_the_learned_one(a
     np.testing.assert_allclose(sel["score"], want.score)
 
 
+def test_cluster_metric_cosine_clusters_unit_rows_and_keeps_the_learned_embedding(adata):
+    from semst_sc.tl._cluster import cluster_embedding, smooth_labels
+
+    euc = semst.tl.domains(
+        adata, n_domains=5, n_epochs=3, cluster_metric="euclidean", progress=False, copy=True
+    )
+    assert euc.uns[Key.uns.semst]["params"]["cluster_metric"] == "euclidean"
+    semst.tl.domains(adata, n_domains=5, n_epochs=3, progress=False)
+    assert adata.uns[Key.uns.semst]["params"]["cluster_metric"] == "cosine"  # the default
+    np.testing.assert_array_equal(adata.obsm[Key.obsm.semst], euc.obsm[Key.obsm.semst])
+    emb, adj = euc.obsm[Key.obsm.semst], adata.obsp[Key.obsp.spatial_conn]
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    for res, x in ((adata, unit), (euc, emb)):  # cosine: the unit rows clustered as they are
+        labels, _ = cluster_embedding(x, 5, metric="euclidean", seed=0)
+        got = res.obs[Key.obs.domain].cat.codes.to_numpy()
+        assert adjusted_rand_score(smooth_labels(labels, adj), got) == 1.0
+    assert adjusted_rand_score(euc.obs[Key.obs.domain].cat.codes, adata.obs[Key.obs.domain].cat.codes) < 1.0
+    # the estimated number of domains is chosen in the same geometry
+    est = semst.tl.domains(adata, n_epochs=3, k_range=(2, 4), progress=False, copy=True)
+    want = semst.tl.estimate_n_domains(unit, k_range=(2, 4), metric="euclidean", seed=0)
+    np.testing.assert_allclose(est.uns[Key.uns.semst]["domain_selection"]["score"], want.score)
+
+
 def test_log_input_and_spatial_weighting_are_recorded_and_change_training(adata):
     a = semst.tl.domains(adata, n_domains=3, n_epochs=2, progress=False, copy=True)
     b = semst.tl.domains(adata, n_domains=3, n_epochs=2, log_input=False, progress=False, copy=True)
@@ -306,6 +329,7 @@ def test_zinb_fraction_is_recorded_and_changes_training(adata):
             "'fsm'.*'concat'.*'add'.*'cross_attention'.*'none'",
         ),
         (None, {"n_domains": 3, "cluster_method": "mclust"}, ValueError, "'gmm'.*'kmeans'.*'leiden'"),
+        (None, {"n_domains": 3, "cluster_metric": "l2"}, ValueError, "cluster_metric='l2'.*'cosine'"),
         (None, {"n_domains": 3, "spatial_weighting": "equal"}, ValueError, "'reference'.*'balanced'"),
         (None, {"n_domains": 3, "device": "cuda"}, (RuntimeError, ValueError), "CUDA"),
         (None, {"n_domains": 3, "precision": "half"}, ValueError, "'float32'.*'bfloat16'"),

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._constants import CLUSTER_METHODS, FUSIONS, Default, Key
+from ._constants import CLUSTER_METHODS, CLUSTER_METRICS, FUSIONS, Default, Key
 
 PROG = "semst"
 DEMO_N_DOMAINS = 7
@@ -228,7 +228,7 @@ def _run_summary(adata, *, inp: str, out: str | None) -> str:
     else:
         sem = "off (no language-model embedding)"
     rows.append(["semantics", sem])
-    for name in ("fusion", "cluster_method", "n_epochs", "seed", "device"):
+    for name in ("fusion", "cluster_method", "cluster_metric", "n_epochs", "seed", "device"):
         if name in params:
             rows.append([name.replace("_", " "), params[name]])
     if "loss" in hist and len(hist["loss"]):
@@ -276,6 +276,7 @@ def _cmd_domains(args: argparse.Namespace) -> int:
         n_epochs=args.epochs,
         fusion=args.fusion,
         cluster_method=args.cluster_method,
+        cluster_metric=args.cluster_metric,
         library_key=args.library_key,
         smooth_hops=args.smooth_hops,
         model=args.model,
@@ -472,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster-method", choices=CLUSTER_METHODS, default="gmm", help="clustering (default: %(default)s)"
     )
     p.add_argument(
+        "--cluster-metric",
+        choices=CLUSTER_METRICS,
+        default=Default.cluster_metric,
+        help="cluster the embedding with each spot's row scaled to unit length (cosine) or as learned "
+        "(euclidean) (default: %(default)s)",
+    )
+    p.add_argument(
         "--library-key",
         metavar="KEY",
         default=None,
@@ -483,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Default.smooth_hops,
         metavar="N",
         help="average the embedding over each spot's spatial neighbours N times before clustering; 2 suits "
-        "single-cell-resolution (imaging) data, 0 Visium spots (default: %(default)s)",
+        "small imaging panels (osmFISH), 0 Visium spots (default: %(default)s)",
     )
     p.add_argument("--truth", metavar="KEY", default=None, help="obs column to evaluate the domains against")
     _add_run_options(p)

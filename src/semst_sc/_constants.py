@@ -72,9 +72,13 @@ class Default:
     log_input = True
     smooth = True
     # Averaging the embedding over the spatial graph before clustering (tl.smooth_embedding) is opt-in: two
-    # passes lift imaging data (osmFISH 0.55 -> 0.69, STARmap 0.76 -> 0.78 ARI over five seeds) but lower
-    # Visium DLPFC (0.50 -> 0.43), whose spots already pool several cells (benchmarks/README.md).
+    # passes lift osmFISH's 33-gene panel by 0.10-0.14 ARI, move STARmap by +0.02 to -0.09 depending on the
+    # processor and the clustering metric, and lower Visium DLPFC (0.50 -> 0.43) (benchmarks/README.md).
     smooth_hops = 0
+    # Clustering unit-length rows of the embedding (the cosine geometry the spatial loss trains): on DLPFC
+    # it lifted every one of five seeds (0.43 -> 0.48 ARI on an AMD EPYC) and left STARmap (0.83) and
+    # osmFISH (0.59 -> 0.60) level (benchmarks/results/ablation_clustering.md).
+    cluster_metric = "cosine"
     seed = 0
     precision = "float32"
 
@@ -82,6 +86,8 @@ class Default:
 # Valid choices, used by validation to list the options in error messages.
 FUSIONS = ("fsm", "concat", "add", "cross_attention", "none")
 CLUSTER_METHODS = ("gmm", "kmeans", "leiden")
+#: Geometry the embedding is clustered in: as learned, or each row scaled to unit length.
+CLUSTER_METRICS = ("euclidean", "cosine")
 SPATIAL_MODES = ("radius", "knn", "adaptive")
 GCN_NORMS = ("row", "sym")
 SPATIAL_WEIGHTINGS = ("reference", "balanced")

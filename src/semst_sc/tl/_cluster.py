@@ -16,7 +16,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 
-from .._constants import CLUSTER_METHODS
+from .._constants import CLUSTER_METHODS, CLUSTER_METRICS, Default
 from .._validation import check_choice, check_n_hops
 
 #: Candidates tried when the number of domains is estimated.
@@ -49,9 +49,22 @@ class ClusterResult:
     info: dict = field(default_factory=dict)
 
 
-def _reduce(emb: np.ndarray, n_pcs: int | None, seed: int) -> np.ndarray:
-    """Centre and reduce the embedding with PCA (GraphST-style: mclust runs on a PCA of the embedding)."""
-    emb = np.asarray(emb, dtype=np.float64)
+def _unit_rows(emb: np.ndarray) -> np.ndarray:
+    """A float64 copy of ``emb`` with every row scaled to unit Euclidean length (all-zero rows stay zero).
+
+    Between unit rows the squared Euclidean distance is ``2 - 2 cos``, so clustering them clusters by cosine
+    similarity, the similarity the spatial loss of training compares embeddings with.
+    """
+    x = np.array(emb, dtype=np.float64)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, norm, out=x, where=norm > 0)
+    return x
+
+
+def _reduce(emb: np.ndarray, n_pcs: int | None, seed: int, metric: str = "euclidean") -> np.ndarray:
+    """Centre and reduce the embedding with PCA (GraphST-style: mclust runs on a PCA of the embedding);
+    ``metric='cosine'`` scales the rows to unit length first."""
+    emb = _unit_rows(emb) if metric == "cosine" else np.asarray(emb, dtype=np.float64)
     if n_pcs is None or n_pcs >= min(emb.shape):
         return emb - emb.mean(axis=0)
     return PCA(n_components=n_pcs, random_state=seed, svd_solver="full").fit_transform(emb)
@@ -148,6 +161,7 @@ def cluster_embedding(
     n_domains: int,
     *,
     method: str = "gmm",
+    metric: str = Default.cluster_metric,
     n_pcs: int | None = 20,
     seed: int = 0,
 ) -> tuple[np.ndarray, dict]:
@@ -162,6 +176,10 @@ def cluster_embedding(
     method
         ``'gmm'`` (Gaussian mixture with one shared full covariance, mclust's EEE), ``'kmeans'`` or
         ``'leiden'`` (resolution searched by bisection to give exactly ``n_domains``).
+    metric
+        ``'cosine'`` (the default) scales every row to unit length first, so spots are grouped by the
+        direction of their embedding and not by its length (between unit rows the squared distance is
+        ``2 - 2 cos``); ``'euclidean'`` clusters the embedding as it is.
     n_pcs
         Components of the PCA run before clustering (``None``: centre only).
     seed
@@ -175,7 +193,8 @@ def cluster_embedding(
         Extra facts about the run (for Leiden: the resolution used and whether it was exact).
     """
     check_choice("cluster_method", method, CLUSTER_METHODS)
-    x = _reduce(emb, n_pcs, seed)
+    check_choice("metric", metric, CLUSTER_METRICS)
+    x = _reduce(emb, n_pcs, seed, metric)
     info: dict = {}
     if method == "gmm":
         labels = _gmm(x, n_domains, seed)
@@ -196,6 +215,7 @@ def estimate_n_domains(
     *,
     k_range: tuple[int, int] = DEFAULT_K_RANGE,
     method: str = "gmm",
+    metric: str = Default.cluster_metric,
     n_pcs: int | None = 20,
     seed: int = 0,
     sample_size: int = 3000,
@@ -212,8 +232,8 @@ def estimate_n_domains(
         Embedding, N x d.
     k_range
         Smallest and largest candidate, inclusive.
-    method, n_pcs, seed
-        As in :func:`cluster_embedding`.
+    method, metric, n_pcs, seed
+        As in :func:`cluster_embedding`; the silhouette is measured in the same geometry.
     sample_size
         Spots used for the silhouette (a fixed random subsample).
 
@@ -227,7 +247,8 @@ def estimate_n_domains(
     kmax = min(kmax, n - 1)
     if kmin < 2 or kmax < kmin:
         raise ValueError(f"k_range must satisfy 2 <= min <= max < n_spots, got {k_range} for {n} spots")
-    x = _reduce(emb, n_pcs, seed)
+    check_choice("metric", metric, CLUSTER_METRICS)
+    x = _reduce(emb, n_pcs, seed, metric)
     ks, scores = [], []
     rng = np.random.default_rng(seed)
     sample = rng.choice(n, size=min(n, sample_size), replace=False)

@@ -10,7 +10,7 @@ import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
 
-from .._constants import BACKENDS, CLUSTER_METHODS, FUSIONS, SPATIAL_WEIGHTINGS, Default, Key
+from .._constants import BACKENDS, CLUSTER_METHODS, CLUSTER_METRICS, FUSIONS, SPATIAL_WEIGHTINGS, Default, Key
 from .._validation import check_anndata, check_choice, check_n_hops
 from ._cluster import DEFAULT_K_RANGE, cluster_embedding, estimate_n_domains, smooth_embedding, smooth_labels
 from ._semst import SemST, _versions
@@ -45,6 +45,7 @@ def domains(
     weight_decay: float = Default.weight_decay,
     fusion: str = "fsm",
     cluster_method: str = "gmm",
+    cluster_metric: str = Default.cluster_metric,
     model: str | None = None,
     latent_dim: int = Default.latent_dim,
     hidden_dim: int = Default.hidden_dim,
@@ -113,6 +114,13 @@ def domains(
     cluster_method
         ``'gmm'`` (Gaussian mixture with one shared full covariance, mclust's EEE, on a 20-component PCA of
         the embedding), ``'kmeans'`` or ``'leiden'`` (resolution searched to give exactly ``n_domains``).
+    cluster_metric
+        ``'cosine'`` (the default) scales each spot's row of the embedding to unit length before the PCA
+        and the clustering, so spots are compared by the cosine of their embeddings, the similarity the
+        spatial loss of training uses; ``'euclidean'`` clusters the embedding as learned (the default
+        before 2026-11-27, with which the recorded peers' tables were made). On DLPFC cosine lifted all
+        five seeds (ARI 0.43 to 0.48 on an AMD EPYC) and it left STARmap and osmFISH level
+        (``benchmarks/README.md``). ``obsm[embedding_key]`` keeps the learned embedding either way.
     model
         A language model (hub name or local folder) to compute ``obsm[llm_key]`` with
         :func:`semst_sc.tl.semantic_embedding` first, when that slot is absent.
@@ -164,14 +172,15 @@ def domains(
         default: it removes isolated spots inside a domain; ``False`` gives the raw clustering).
     smooth_hops
         Before clustering, average the embedding over each spot and its spatial neighbours this many times
-        (:func:`~semst_sc.tl.smooth_embedding`); 0 (the default) clusters the embedding as learned. Use 2
-        for single-cell-resolution data (MERFISH, osmFISH, STARmap, Xenium, CosMx): there a domain is a
-        neighbourhood of cells of several types, and two passes lifted ARI on osmFISH from 0.55 to 0.69
-        and on STARmap from 0.76 to 0.78 (five seeds each; on another processor STARmap went from 0.83
-        to 0.79 instead, so the osmFISH gain is the one to count on). On Visium, whose spots already
-        pool several cells, it lowered DLPFC from 0.50 to 0.43, and no number of passes helped there. The passes use
-        the spatial graph of training and so stay within a slice. ``obsm[embedding_key]`` keeps the
-        learned embedding; to cluster it again with this setting, pass
+        (:func:`~semst_sc.tl.smooth_embedding`); 0 (the default) clusters the embedding as learned. On
+        single-cell-resolution data a domain is a neighbourhood of cells of several types, and averaging
+        turns what the embedding says about a cell into what it says about its neighbourhood. Two passes
+        lifted osmFISH (a 33-gene panel) by 0.10 to 0.14 ARI on two processors and with either
+        ``cluster_metric``, so use 2 for small imaging panels. On STARmap (1020 genes) the effect depended on
+        the processor and the metric (+0.02, -0.04, and -0.09 with the cosine default; five seeds each). On
+        Visium, whose spots already pool several cells, it lowered DLPFC (0.50 to 0.43) and no number of
+        passes helped. The passes use the spatial graph of training and so stay within a slice.
+        ``obsm[embedding_key]`` keeps the learned embedding; to cluster it again with this setting, pass
         ``smooth_embedding(adata.obsm['X_semst'], adata.obsp['spatial_connectivities'], 2)`` to
         :func:`~semst_sc.tl.cluster_embedding`. The number of passes is recorded in
         ``uns['semst']['params']``.
@@ -213,6 +222,7 @@ def domains(
     _check_n_domains(n_domains, adata.n_obs)
     check_choice("fusion", fusion, FUSIONS)
     check_choice("cluster_method", cluster_method, CLUSTER_METHODS)
+    check_choice("cluster_metric", cluster_metric, CLUSTER_METRICS)
     check_choice("backend", backend, BACKENDS)
     check_choice("spatial_weighting", spatial_weighting, SPATIAL_WEIGHTINGS)
     from .._train import check_zinb_fraction
@@ -275,10 +285,14 @@ def domains(
 
     selection = None
     if n_domains is None:
-        selection = estimate_n_domains(emb_c, k_range=k_range, method=cluster_method, seed=seed)
+        selection = estimate_n_domains(
+            emb_c, k_range=k_range, method=cluster_method, metric=cluster_metric, seed=seed
+        )
         n_domains = selection.chosen
         logg.info(f"    estimated n_domains = {n_domains} (silhouette over K = {k_range[0]}..{k_range[1]})")
-    labels, cluster_info = cluster_embedding(emb_c, n_domains, method=cluster_method, seed=seed)
+    labels, cluster_info = cluster_embedding(
+        emb_c, n_domains, method=cluster_method, metric=cluster_metric, seed=seed
+    )
     if smooth:
         labels = smooth_labels(labels, semst.data.adj_spa)
 
@@ -286,6 +300,7 @@ def domains(
     params.update(
         n_domains=int(n_domains),
         cluster_method=cluster_method,
+        cluster_metric=cluster_metric,
         smooth=bool(smooth),
         smooth_hops=int(smooth_hops),
         llm_key=llm_key,
