@@ -172,7 +172,7 @@ def domains(
         default: it removes isolated spots inside a domain; ``False`` gives the raw clustering).
     smooth_hops
         Before clustering, average the embedding over each spot and its spatial neighbours this many times
-        (:func:`~semst_sc.tl.smooth_embedding`); 0 (the default) clusters the embedding as learned. On
+        (:func:`~semst_sc.tl.smooth_embedding`); 0 (the default) clusters it without averaging. On
         single-cell-resolution data a domain is a neighbourhood of cells of several types, and averaging
         turns what the embedding says about a cell into what it says about its neighbourhood. Two passes
         lifted osmFISH (a 33-gene panel) by 0.10 to 0.14 ARI on two processors and with either
