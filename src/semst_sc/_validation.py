@@ -73,8 +73,8 @@ def check_n_hops(value: Any, name: str) -> int:
     """A non-negative integer number of smoothing passes (``bool`` is refused)."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
         raise ValueError(
-            f"{name} must be a non-negative integer (0: cluster the embedding as learned; 2 for "
-            f"single-cell-resolution data), got {value!r}."
+            f"{name} must be a non-negative integer (0: no averaging; 2 for small imaging panels such as "
+            f"osmFISH), got {value!r}."
         )
     return int(value)
 
