@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from semst_sc.tl._cluster import (
     _relabel_by_size,
@@ -187,3 +187,18 @@ def test_unknown_metric_lists_valid_options():
         cluster_embedding(x, 4, metric="manhattan")
     with pytest.raises(ValueError, match=r"'euclidean'.*'cosine'"):
         estimate_n_domains(x, k_range=(2, 4), metric="l2")
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_estimate_n_domains_scores_the_clusterings_of_its_metric(metric):
+    # each candidate's silhouette is that of cluster_embedding with the same metric (under 3000 spots the
+    # subsample is every spot), measured on the rows in that geometry
+    x, _ = _rays(n_per=60)
+    sel = estimate_n_domains(x, k_range=(2, 5), metric=metric, n_pcs=None, seed=0)
+    rows = x / np.linalg.norm(x, axis=1, keepdims=True) if metric == "cosine" else x
+    rows = rows - rows.mean(axis=0)
+    want = [
+        silhouette_score(rows, cluster_embedding(x, k, metric=metric, n_pcs=None, seed=0)[0])
+        for k in range(2, 6)
+    ]
+    np.testing.assert_allclose(sel.score, want, rtol=1e-9)

@@ -253,7 +253,8 @@ def estimate_n_domains(
     rng = np.random.default_rng(seed)
     sample = rng.choice(n, size=min(n, sample_size), replace=False)
     for k in range(kmin, kmax + 1):
-        labels, _ = cluster_embedding(x, k, method=method, n_pcs=None, seed=seed)
+        # x is already reduced in the chosen geometry: cluster it as it is (no second unit scaling)
+        labels, _ = cluster_embedding(x, k, method=method, metric="euclidean", n_pcs=None, seed=seed)
         if np.unique(labels[sample]).size < 2:
             score = -1.0
         else:
