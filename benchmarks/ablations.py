@@ -16,9 +16,10 @@ read only to score the finished run. The smoothing study trains once per (datase
 and clusters that one embedding after 0 to 4 passes of `semst.tl.smooth_embedding` (`smooth_hops` of
 `tl.domains`); 0 passes must give the labels `tl.domains` wrote itself, and the record says whether it did.
 The clustering study trains the same way (defaults, no semantics: what the peers' harness runs; with
-`--semantics llm`, FSM with the MiniLM vectors) and clusters that one embedding with `metric='cosine'` (rows scaled to unit length, the default) and
-`metric='euclidean'` (as learned), each after 0 and 2 passes; the 0-pass labels of the default metric must
-again be those of `tl.domains`.
+`--semantics llm`, FSM with the MiniLM vectors) and clusters that one embedding with `metric='cosine'`
+(rows scaled to unit length, the default) and `metric='euclidean'` (as learned), each after 0 and 2
+passes; the 0-pass labels of the default metric must again be those of `tl.domains`. Both studies run one
+template (`RECLUSTER`) over their list of variants.
 """
 
 from __future__ import annotations
@@ -74,31 +75,7 @@ res = {{k: float(v) for k, v in semst.tl.evaluate(adata, {truth!r}, pred_key='ga
 res['wall_s'] = wall
 """
 
-SMOOTH = """
-import time, numpy as np, anndata as ad
-import semst_sc as semst
-from sklearn.metrics import adjusted_rand_score
-adata = ad.read_h5ad({path!r})
-t = time.perf_counter()
-semst.tl.domains(adata, n_domains={k}, seed={seed}, fusion='none', progress=False, {extra})
-wall = time.perf_counter() - t
-emb, adj = adata.obsm['X_semst'], adata.obsp['spatial_connectivities']
-hops = {{}}
-for h in {hops}:
-    t = time.perf_counter()
-    labels, _ = semst.tl.cluster_embedding(semst.tl.smooth_embedding(emb, adj, h), {k}, seed={seed})
-    labels = semst.tl.smooth_labels(labels, adj)
-    adata.obs['hops'] = labels.astype(str)
-    r = {{m: float(v) for m, v in semst.tl.evaluate(adata, {truth!r}, pred_key='hops').items()
-         if isinstance(v, (int, float))}}
-    r['cluster_s'] = time.perf_counter() - t
-    if h == 0:
-        r['same_as_domains'] = bool(adjusted_rand_score(labels, adata.obs['semst_domain']) == 1.0)
-    hops[h] = r
-res = dict(wall_s=wall, hops=hops, mean_degree=float(adj.getnnz(axis=1).mean()))
-"""
-
-CLUSTER = """
+RECLUSTER = """
 import time, numpy as np, anndata as ad
 import semst_sc as semst
 from sklearn.metrics import adjusted_rand_score
@@ -109,22 +86,29 @@ t = time.perf_counter()
 semst.tl.domains(adata, n_domains={k}, seed={seed}, fusion={fusion!r}, progress=False, {extra})
 wall = time.perf_counter() - t
 emb, adj = adata.obsm['X_semst'], adata.obsp['spatial_connectivities']
-variants = {{}}
-for metric in ('euclidean', 'cosine'):
-    for h in (0, 2):
-        t = time.perf_counter()
-        x = semst.tl.smooth_embedding(emb, adj, h)
-        labels, _ = semst.tl.cluster_embedding(x, {k}, metric=metric, seed={seed})
-        labels = semst.tl.smooth_labels(labels, adj)
-        adata.obs['variant'] = labels.astype(str)
-        r = {{m: float(v) for m, v in semst.tl.evaluate(adata, {truth!r}, pred_key='variant').items()
-             if isinstance(v, (int, float))}}
-        r['cluster_s'] = time.perf_counter() - t
-        if metric == adata.uns['semst']['params']['cluster_metric'] and h == 0:  # what tl.domains ran
-            r['same_as_domains'] = bool(adjusted_rand_score(labels, adata.obs['semst_domain']) == 1.0)
-        variants[metric + (f', hops {{h}}' if h else '')] = r
-res = dict(wall_s=wall, variants=variants)
+default = adata.uns['semst']['params']['cluster_metric']
+variants = []
+for name, metric, h in {variants!r}:
+    metric = metric or default
+    t = time.perf_counter()
+    x = semst.tl.smooth_embedding(emb, adj, h)
+    labels, _ = semst.tl.cluster_embedding(x, {k}, metric=metric, seed={seed})
+    labels = semst.tl.smooth_labels(labels, adj)
+    adata.obs['variant'] = labels.astype(str)
+    r = {{m: float(v) for m, v in semst.tl.evaluate(adata, {truth!r}, pred_key='variant').items()
+         if isinstance(v, (int, float))}}
+    r['cluster_s'] = time.perf_counter() - t
+    if metric == default and h == 0:  # what tl.domains ran
+        r['same_as_domains'] = bool(adjusted_rand_score(labels, adata.obs['semst_domain']) == 1.0)
+    variants.append([name, r])
+res = dict(wall_s=wall, variants=variants, mean_degree=float(adj.getnnz(axis=1).mean()))
 """
+
+#: The reclustering studies: (variant name, metric (None: the one tl.domains used), passes of averaging).
+SMOOTHING_VARIANTS = [(h, None, h) for h in range(5)]
+CLUSTERING_VARIANTS = [
+    (metric + (f", hops {h}" if h else ""), metric, h) for metric in ("euclidean", "cosine") for h in (0, 2)
+]
 
 
 def _llm(name: str, top_k: int) -> str:
@@ -236,14 +220,16 @@ def main() -> None:
                     code = RUN.format(**base, semantics="llm", llm=_llm(name, top_k), fusion="fsm")
                     runs.append(({"dataset": name, "top_k": top_k, "seed": seed}, code))
             elif a.study == "smoothing":
-                code = SMOOTH.format(**base, hops=[0, 1, 2, 3, 4])
+                code = RECLUSTER.format(**base, llm="", fusion="none", variants=SMOOTHING_VARIANTS)
                 runs.append(({"dataset": name, "seed": seed}, code))
             elif a.study == "clustering":
                 llm, fusion = ("", "none") if a.semantics == "none" else (_llm(name, k_g), "fsm")
                 label = {"dataset": name, "seed": seed, "semantics": a.semantics}
                 if a.semantics == "llm":
                     label["top_k"] = k_g
-                runs.append((label, CLUSTER.format(**base, llm=llm, fusion=fusion)))
+                runs.append(
+                    (label, RECLUSTER.format(**base, llm=llm, fusion=fusion, variants=CLUSTERING_VARIANTS))
+                )
             else:
                 for fsm in (False, True):
                     code = PLUGIN.format(path=path, truth=truth, k=k, seed=seed, llm=_llm(name, k_g), fsm=fsm)
@@ -253,17 +239,10 @@ def main() -> None:
     for label, code in runs:
         r = run_json(code)
         r.update(label)
-        if a.study == "smoothing" and "hops" in r:
-            # one training run, one row per number of passes (wall: training plus that clustering)
-            per_hop = r.pop("hops")
-            for h, m in per_hop.items():
-                row = {**r, **m, "smooth_hops": int(h), "wall_s": r["wall_s"] + m["cluster_s"]}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-            continue
-        if a.study == "clustering" and "variants" in r:
-            for v, m in r.pop("variants").items():
-                row = {**r, **m, "clustering": v, "wall_s": r["wall_s"] + m["cluster_s"]}
+        if "variants" in r:
+            # one training run, one row per way of clustering it (wall: training plus that clustering)
+            for v, m in r.pop("variants"):
+                row = {**r, **m, STUDY_COLUMN[a.study]: v, "wall_s": r["wall_s"] + m["cluster_s"]}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             continue
