@@ -61,7 +61,7 @@ def _unit_rows(emb: np.ndarray) -> np.ndarray:
     return x
 
 
-def _reduce(emb: np.ndarray, n_pcs: int | None, seed: int, metric: str = "euclidean") -> np.ndarray:
+def _reduce(emb: np.ndarray, n_pcs: int | None, seed: int, metric: str) -> np.ndarray:
     """Centre and reduce the embedding with PCA (GraphST-style: mclust runs on a PCA of the embedding);
     ``metric='cosine'`` scales the rows to unit length first."""
     emb = _unit_rows(emb) if metric == "cosine" else np.asarray(emb, dtype=np.float64)
