@@ -12,13 +12,17 @@ timed call; a short warm-up call on the GPU comes first). For every dataset:
 - ``tl.domains(device='cuda')`` with semantics off for each seed, and seed 0 again to see whether a GPU
   run repeats itself (CUDA's sparse products add in a varying order, so it may not, to the last bit);
 - the same with ``fusion='fsm'`` and a random 384-wide ``X_llm`` (the cost of the FSM path);
+- the same with ``precision='bfloat16'`` (mixed precision for the two large products of each epoch);
 - ``device='cpu'`` with ``--cpu-threads`` threads (default: all cores) as the baseline of the same machine.
 
 The scaling table trains synthetic tissues (the generator of ``domains.py --scaling``) of ``--sizes``
 spots on the GPU for ``--epochs`` epochs. Their spatial graph (8 nearest grid neighbours) is built here
 with scikit-learn and stored where ``tl.domains`` reuses it, because building it is not what is measured.
 A dataset whose file carries ``obsp['spatial_connectivities']`` reuses it the same way; otherwise
-``tl.domains`` builds it through squidpy, as for any user.
+``tl.domains`` builds it through squidpy, as for any user. For a GPU machine without squidpy,
+``python benchmarks/gpu.py --prepare DIR`` (run where squidpy is installed; no GPU needed) writes copies of
+the datasets with the graph ``tl.domains`` would build (``semst.gr.spatial_graph`` with its defaults)
+already stored; point ``SEMST_SHARED_DATA`` at DIR there.
 
 Columns: ``wall_s`` the whole ``tl.domains`` call (preprocessing, graphs, training, clustering,
 smoothing); ``train_s`` the training loop alone; ``s_per_epoch`` = train_s / epochs; ``gpu_peak_mb``
@@ -89,17 +93,18 @@ def _datasets(names, seeds, cpu_threads, out) -> list[dict]:
     rows = []
     for name in names:
         adata, truth, k = load(name)
-        runs = [("cuda", "none", s) for s in seeds] + [("cuda", "none", seeds[0]), ("cuda", "fsm", seeds[0])]
-        runs.append(("cpu", "none", seeds[0]))
+        runs = [("cuda", "none", s, "float32") for s in seeds]
+        runs += [("cuda", "none", seeds[0], "float32"), ("cuda", "fsm", seeds[0], "float32")]
+        runs += [("cuda", "none", seeds[0], "bfloat16"), ("cpu", "none", seeds[0], "float32")]
         labels_first = None
-        for i, (dev, fusion, seed) in enumerate(runs):
+        for i, (dev, fusion, seed, precision) in enumerate(runs):
             a = adata.copy()
             if fusion == "fsm":
                 a.obsm["X_llm"] = np.random.default_rng(seed).normal(size=(a.n_obs, 384)).astype(np.float32)
             if dev == "cpu":
                 torch.set_num_threads(cpu_threads)
             try:
-                rec = _call(a, dev, n_domains=k, seed=seed, fusion=fusion)
+                rec = _call(a, dev, n_domains=k, seed=seed, fusion=fusion, precision=precision)
             except Exception as e:
                 rec = {"device": dev, "error": f"{type(e).__name__}: {e}"}
             else:
@@ -111,7 +116,7 @@ def _datasets(names, seeds, cpu_threads, out) -> list[dict]:
                 if i == len(seeds):  # the repeat of the first seed
                     rec["repeat_of_first"] = True
                     rec["same_labels_as_first"] = bool(np.array_equal(lab, labels_first))
-            rec.update(dataset=name, fusion=fusion, seed=seed, n_spots=int(adata.n_obs))
+            rec.update(dataset=name, fusion=fusion, precision=precision, seed=seed, n_spots=int(adata.n_obs))
             if dev == "cpu":
                 rec["cpu_threads"] = cpu_threads
             _emit(rec, out)
@@ -146,20 +151,37 @@ def _scaling(sizes, epochs, out) -> list[dict]:
     return rows
 
 
+def _setting(r: dict) -> str:
+    return f"{r['fusion']}, {r.get('precision', 'float32')}"
+
+
+def _prepare(names, folder: Path) -> None:
+    """Copies of the datasets with the spatial graph ``tl.domains`` would build (squidpy) already stored."""
+    import semst_sc as semst
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        adata, _, _ = load(name)
+        semst.gr.spatial_graph(adata)
+        path = folder / DATASETS[name][0]
+        adata.write_h5ad(path, compression="gzip")
+        print(f"{path}: {adata.n_obs} spots, spatial graph stored", flush=True)
+
+
 def _table(rows: list[dict]) -> str:
     cpu = {
         r["dataset"]: r["wall_s"]
         for r in rows
         if r.get("device") == "cpu" and "wall_s" in r and "dataset" in r
     }
-    head = "| dataset | device | fusion | seed | ARI | wall s | train s | s / epoch | GPU peak MB | CPU wall / this |"
+    head = "| dataset | device | fusion, precision | seed | ARI | wall s | train s | s / epoch | GPU peak MB | CPU wall / this |"
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         if "dataset" not in r:
             continue
         if "error" in r:
             lines.append(
-                f"| {r['dataset']} | {r['device']} | {r['fusion']} | {r['seed']} | {r['error']} |||||"
+                f"| {r['dataset']} | {r['device']} | {_setting(r)} | {r['seed']} | {r['error']} |||||"
             )
             continue
         ratio = cpu.get(r["dataset"], float("nan")) / r["wall_s"]
@@ -169,7 +191,7 @@ def _table(rows: list[dict]) -> str:
             else str(r["seed"])
         )
         lines.append(
-            f"| {r['dataset']} | {r['device']} | {r['fusion']} | {seed} | {r['ari']:.3f} | {r['wall_s']:.1f} | "
+            f"| {r['dataset']} | {r['device']} | {_setting(r)} | {seed} | {r['ari']:.3f} | {r['wall_s']:.1f} | "
             f"{r['train_s']:.1f} | {r['s_per_epoch']:.3f} | {r.get('gpu_peak_mb', float('nan')):.0f} | {ratio:.1f} |"
         )
     scale = [r for r in rows if r.get("table") == "scaling"]
@@ -195,7 +217,17 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20, help="epochs per scaling run")
     p.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     p.add_argument("--markdown", type=Path, default=None, help="write the tables here")
+    p.add_argument(
+        "--prepare",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="only write copies of the datasets with their spatial graph stored to DIR (needs squidpy, no GPU)",
+    )
     args = p.parse_args()
+    if args.prepare is not None:
+        _prepare(args.datasets, args.prepare)
+        return
 
     import torch
 

@@ -52,6 +52,25 @@ def test_cuda_training_learns_the_two_domains():
     assert adjusted_rand_score(domain, labels) > 0.8
 
 
+def test_bfloat16_on_cuda_tracks_float32_and_learns_the_two_domains():
+    """precision='bfloat16' on the GPU: the products really round (losses differ from float32's), stay
+    within bfloat16's few significant digits of them, and training still separates the two halves."""
+    inputs, domain = _inputs()
+    hist, emb = {}, {}
+    for precision in ("float32", "bfloat16"):
+        mod = _module(precision=precision)
+        hist[precision] = tr.train(mod, inputs, n_epochs=60, device="cuda", seed=0, progress=False)
+        emb[precision] = tr.embed(mod, inputs, device="cuda")
+    first32, first16 = hist["float32"]["loss"][0], hist["bfloat16"]["loss"][0]
+    assert first16 != first32
+    np.testing.assert_allclose(first16, first32, rtol=2e-2)
+    from sklearn.cluster import KMeans
+
+    assert np.isfinite(emb["bfloat16"]).all()
+    labels = KMeans(2, n_init=10, random_state=0).fit_predict(emb["bfloat16"])
+    assert adjusted_rand_score(domain, labels) > 0.8
+
+
 def test_sparse_input_on_cuda(monkeypatch):
     """A sparse expression matrix stays a sparse CSR tensor on the GPU and gives the dense result."""
     inputs, _ = _inputs()
