@@ -41,34 +41,30 @@ def test_training_on_cuda_follows_the_cpu():
     np.testing.assert_allclose(hist["cuda"]["loss"], hist["cpu"]["loss"], rtol=1e-3)
 
 
-def test_cuda_training_learns_the_two_domains():
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_cuda_training_learns_the_two_domains(precision):
     inputs, domain = _inputs()
-    mod = _module()
+    mod = _module(precision=precision)
     tr.train(mod, inputs, n_epochs=60, device="cuda", seed=0, progress=False)
     emb = tr.embed(mod, inputs, device="cuda")
     from sklearn.cluster import KMeans
 
+    assert np.isfinite(emb).all()
     labels = KMeans(2, n_init=10, random_state=0).fit_predict(emb)
     assert adjusted_rand_score(domain, labels) > 0.8
 
 
-def test_bfloat16_on_cuda_tracks_float32_and_learns_the_two_domains():
-    """precision='bfloat16' on the GPU: the products really round (losses differ from float32's), stay
-    within bfloat16's few significant digits of them, and training still separates the two halves."""
-    inputs, domain = _inputs()
-    hist, emb = {}, {}
+def test_bfloat16_on_cuda_rounds_and_tracks_the_float32_loss():
+    """precision='bfloat16' on the GPU: the products really round (the first loss differs from float32's)
+    and stay within bfloat16's few significant digits of float32 (the learning is checked above)."""
+    inputs, _ = _inputs()
+    first = {}
     for precision in ("float32", "bfloat16"):
         mod = _module(precision=precision)
-        hist[precision] = tr.train(mod, inputs, n_epochs=60, device="cuda", seed=0, progress=False)
-        emb[precision] = tr.embed(mod, inputs, device="cuda")
-    first32, first16 = hist["float32"]["loss"][0], hist["bfloat16"]["loss"][0]
-    assert first16 != first32
-    np.testing.assert_allclose(first16, first32, rtol=2e-2)
-    from sklearn.cluster import KMeans
-
-    assert np.isfinite(emb["bfloat16"]).all()
-    labels = KMeans(2, n_init=10, random_state=0).fit_predict(emb["bfloat16"])
-    assert adjusted_rand_score(domain, labels) > 0.8
+        # the first loss is taken before any update, so it does not depend on the number of epochs
+        first[precision] = tr.train(mod, inputs, n_epochs=1, device="cuda", seed=0, progress=False)["loss"][0]
+    assert first["bfloat16"] != first["float32"]
+    np.testing.assert_allclose(first["bfloat16"], first["float32"], rtol=2e-2)
 
 
 def test_sparse_input_on_cuda(monkeypatch):
