@@ -12,7 +12,7 @@ import scanpy as sc
 from scipy import sparse
 
 import semst_sc as semst
-from semst_sc._constants import Key
+from semst_sc._constants import Default, Key
 from semst_sc._validation import get_counts
 from semst_sc.pp import Preprocessed, preprocess_arrays
 
@@ -114,10 +114,13 @@ def test_counts_from_a_layer_and_custom_key():
 
 def test_small_panel_caps_n_top_genes_and_lowers_min_cells():
     adata = _counts(n_obs=150, n_vars=33)
-    pre = preprocess_arrays(get_counts(adata), adata.var_names)  # defaults: 3000 HVGs, min_cells 100
+    pre = preprocess_arrays(get_counts(adata), adata.var_names)  # defaults: 2000 HVGs, min_cells 100
     detected = np.asarray((adata.X > 0).sum(0)).ravel()
     assert pre.X.shape[1] == int((detected > 0).sum())
-    assert pre.params["n_top_genes"] == pre.X.shape[1] and pre.params["n_top_genes_requested"] == 3000
+    assert (
+        pre.params["n_top_genes"] == pre.X.shape[1]
+        and pre.params["n_top_genes_requested"] == Default.n_top_genes
+    )
     assert pre.params["min_cells"] <= 100
 
 
@@ -150,7 +153,7 @@ def test_real_demo_slice(tmp_path):
     adata = semst.datasets.demo()
     X_before = adata.X.copy()
     semst.pp.preprocess(adata)
-    assert adata.var[Key.var.hvg].sum() == 3000
+    assert adata.var[Key.var.hvg].sum() == Default.n_top_genes == 2000
     layer = adata.layers[Key.layers.scaled]
     assert layer.max() <= 10.0 + 1e-6 and layer.min() >= 0
     assert (adata.X != X_before).nnz == 0

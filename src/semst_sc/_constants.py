@@ -46,7 +46,11 @@ class Key:
 class Default:
     """Method defaults (see METHOD.md of the project for where each number comes from)."""
 
-    n_top_genes = 3000
+    # 2000 highly variable genes, not the reference's 3000 for DLPFC (benchmarks/results/n_top_genes.md): on
+    # DLPFC 151673 (AMD EPYC, 2 threads, seeds 0-4) label-free ARI 0.476 +- 0.043 against 0.481 +- 0.032,
+    # and the call takes 231 s against 300 s, because the first graph layer and the ZINB heads scale with the
+    # gene count. Panels of up to 2000 genes (STARmap, osmFISH) keep every gene either way.
+    n_top_genes = 2000
     min_cells = 100
     scale_max = 10.0
     target_sum = 1e4

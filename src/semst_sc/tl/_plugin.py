@@ -28,9 +28,11 @@ __all__ = ["gat_domains", "stagate_matrix"]
 GAT_HIDDEN = 512
 GAT_LATENT = 30
 GRAD_CLIP = 5.0
+#: STAGATE's own gene count (semst-sc's default for its model is ``Default.n_top_genes``)
+STAGATE_N_TOP_GENES = 3000
 
 
-def stagate_matrix(counts: sp.csr_matrix, var_names: pd.Index, n_top_genes: int = Default.n_top_genes):
+def stagate_matrix(counts: sp.csr_matrix, var_names: pd.Index, n_top_genes: int = STAGATE_N_TOP_GENES):
     """STAGATE's input: Seurat-v3 genes on the counts, ``normalize_total(1e4)`` over all genes, ``log1p``.
 
     Parameters
@@ -86,7 +88,7 @@ def gat_domains(
     radius: float | None = None,
     n_spatial_neighbors: int = Default.spatial_k,
     layer: str | None = None,
-    n_top_genes: int = Default.n_top_genes,
+    n_top_genes: int = STAGATE_N_TOP_GENES,
     hidden: int = GAT_HIDDEN,
     latent: int = GAT_LATENT,
     return_embedding: bool = False,
