@@ -119,7 +119,7 @@ def test_small_panel_caps_n_top_genes_and_lowers_min_cells():
     assert pre.X.shape[1] == int((detected > 0).sum())
     assert (
         pre.params["n_top_genes"] == pre.X.shape[1]
-        and pre.params["n_top_genes_requested"] == Default.n_top_genes
+        and pre.params["n_top_genes_requested"] == Default.n_top_genes == 2000
     )
     assert pre.params["min_cells"] <= 100
 
