@@ -316,6 +316,18 @@ def test_zinb_fraction_is_recorded_and_changes_training(adata):
     assert b.obs[Key.obs.domain].nunique() == 3
 
 
+def test_ema_decay_is_recorded_and_changes_the_embedding(adata):
+    a = semst.tl.domains(adata, n_domains=3, n_epochs=4, ema_decay=0, progress=False, copy=True)
+    b = semst.tl.domains(adata, n_domains=3, n_epochs=4, ema_decay=0.5, progress=False, copy=True)
+    pa, pb = (x.uns[Key.uns.semst]["params"] for x in (a, b))
+    assert pa["ema_decay"] == 0.0 and pb["ema_decay"] == 0.5
+    # the same training (losses of the trained weights), a different final module
+    np.testing.assert_array_equal(
+        a.uns[Key.uns.semst]["history"]["loss"], b.uns[Key.uns.semst]["history"]["loss"]
+    )
+    assert not np.allclose(a.obsm[Key.obsm.semst], b.obsm[Key.obsm.semst])
+
+
 @pytest.mark.parametrize(
     ("mutate", "kwargs", "exc", "match"),
     [
@@ -336,6 +348,8 @@ def test_zinb_fraction_is_recorded_and_changes_training(adata):
         (None, {"n_domains": 3, "zinb_fraction": 0}, ValueError, r"zinb_fraction.*\(0, 1\]"),
         (None, {"n_domains": 3, "zinb_fraction": 1.5}, ValueError, r"zinb_fraction.*\(0, 1\]"),
         (None, {"n_domains": 3, "zinb_fraction": "half"}, TypeError, "zinb_fraction"),
+        (None, {"n_domains": 3, "ema_decay": 1.0}, ValueError, r"ema_decay.*\[0, 1\)"),
+        (None, {"n_domains": 3, "ema_decay": None}, TypeError, "ema_decay"),
         (None, {"n_domains": 3, "smooth_hops": -1}, ValueError, "smooth_hops must be a non-negative integer"),
         (
             None,

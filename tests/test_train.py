@@ -284,6 +284,65 @@ def test_bad_zinb_fraction_is_a_clear_error(value, exc):
         tr.train(_module(), inputs, n_epochs=1, zinb_fraction=value)
 
 
+def test_ema_decay_ends_on_the_bias_corrected_weight_average():
+    inputs, _ = _inputs()
+    decay, n = 0.8, 12
+    seen: list[dict[str, torch.Tensor]] = []  # the trained (not averaged) weights after every epoch
+    mod = _module(seed=2)
+    names = [k for k, v in mod.state_dict().items() if v.dtype.is_floating_point]
+    start = {k: v.clone() for k, v in mod.state_dict().items()}
+
+    def keep(epoch, losses):
+        seen.append({k: v.detach().clone() for k, v in mod.state_dict().items()})
+
+    hist = tr.train(
+        mod, inputs, n_epochs=n, device="cpu", seed=2, progress=False, ema_decay=decay, callback=keep
+    )
+    assert len(seen) == n == hist["stopped_epoch"]
+    w = np.array([(1 - decay) * decay ** (n - 1 - s) for s in range(n)]) / (1 - decay**n)
+    assert w.sum() == pytest.approx(1.0)  # a weighted mean of w_1..w_n: the initial weights take no part
+    final = mod.state_dict()
+    for k in names:
+        expect = sum(float(ws) * snap[k].double() for ws, snap in zip(w, seen, strict=True))
+        torch.testing.assert_close(final[k].double(), expect, rtol=1e-5, atol=1e-6)
+    moved = [k for k in names if not torch.equal(seen[-1][k], seen[0][k])]
+    assert moved and any(not torch.equal(final[k], seen[-1][k]) for k in moved)  # not the last weights
+    assert any(not torch.equal(final[k], start[k]) for k in moved)
+    # integer buffers (batch-norm counters) follow the trained module
+    for k, v in final.items():
+        if not v.dtype.is_floating_point:
+            assert torch.equal(v, seen[-1][k])
+
+
+def test_ema_decay_zero_keeps_the_last_weights_and_averaging_is_deterministic():
+    inputs, _ = _inputs()
+    last: dict[str, torch.Tensor] = {}
+    mod = _module(seed=4)
+
+    def keep(epoch, losses):
+        last.update({k: v.detach().clone() for k, v in mod.state_dict().items()})
+
+    tr.train(mod, inputs, n_epochs=8, device="cpu", seed=4, progress=False, ema_decay=0.0, callback=keep)
+    assert all(torch.equal(v, last[k]) for k, v in mod.state_dict().items())
+    runs = []
+    for _ in range(2):
+        m = _module(seed=4)
+        tr.train(m, inputs, n_epochs=8, device="cpu", seed=4, progress=False, ema_decay=0.9)
+        runs.append(tr.embed(m, inputs, device="cpu"))
+    assert np.array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], tr.embed(mod, inputs, device="cpu"))
+
+
+@pytest.mark.parametrize(
+    ("value", "exc"),
+    [(1, ValueError), (1.5, ValueError), (-0.1, ValueError), (True, TypeError), ("0.99", TypeError)],
+)
+def test_bad_ema_decay_is_a_clear_error(value, exc):
+    inputs, _ = _inputs()
+    with pytest.raises(exc, match="ema_decay"):
+        tr.train(_module(), inputs, n_epochs=1, ema_decay=value)
+
+
 def test_checkpoint_roundtrip(tmp_path):
     inputs, _ = _inputs()
     mod = _module()

@@ -303,6 +303,46 @@ def check_zinb_fraction(zinb_fraction: Any) -> float:
     return float(zinb_fraction)
 
 
+def check_ema_decay(ema_decay: Any) -> float:
+    """``ema_decay`` as a float, or a clear error when it is not a number in [0, 1)."""
+    if isinstance(ema_decay, bool) or not isinstance(ema_decay, int | float | np.number):
+        raise TypeError(f"`ema_decay` must be a number in [0, 1), got {ema_decay!r}.")
+    if not (0.0 <= float(ema_decay) < 1.0):
+        raise ValueError(
+            f"`ema_decay` must lie in [0, 1) (0: keep the last epoch's weights), got {ema_decay!r}."
+        )
+    return float(ema_decay)
+
+
+class _WeightAverage:
+    """Exponentially weighted mean of a module's weights over the epochs, bias-corrected.
+
+    After epoch t the average is ``sum_s (1 - d) d^(t-s) w_s / (1 - d^t)`` over the weights ``w_1..w_t``
+    reached so far, so the random initial weights take no part. It is kept in that normalised form, updated
+    as ``avg += (w_t - avg) (1 - d) / (1 - d^t)`` (the first update copies ``w_1``). Floating-point
+    parameters and buffers (e.g. batch-norm statistics) are averaged; integer buffers follow the module.
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float) -> None:
+        self.decay, self.t = float(decay), 0
+        self.live = [v for v in module.state_dict().values() if v.dtype.is_floating_point]
+        self.avg = [v.detach().clone() for v in self.live]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.t += 1
+        weight = (1.0 - self.decay) / (1.0 - self.decay**self.t)
+        for avg, live in zip(self.avg, self.live, strict=True):
+            avg.lerp_(live, weight)
+
+    @torch.no_grad()
+    def copy_to_module(self) -> None:
+        """Write the average into the module's own tensors (the last epoch's weights are discarded)."""
+        if self.t:
+            for avg, live in zip(self.avg, self.live, strict=True):
+                live.copy_(avg)
+
+
 def _zinb_blocks(
     inputs: TrainInputs, fraction: float, seed: int, device: torch.device
 ) -> list[tuple[torch.Tensor, ZINBTarget]] | None:
@@ -388,6 +428,7 @@ def train(
     spatial_weighting: str = "reference",
     ridge: float = 0.05,
     zinb_fraction: float = Default.zinb_fraction,
+    ema_decay: float = Default.ema_decay,
 ) -> dict[str, Any]:
     """Train ``module`` on full-graph inputs with Adam, one step per epoch, label-free.
 
@@ -432,6 +473,11 @@ def train(
         still see every spot at every epoch, while the decoder heads and the element-wise loss, most of an
         epoch's cost, run on one block. The block's loss is an unbiased estimate of the full mean, and
         the recorded ``zinb`` values are those estimates.
+    ema_decay
+        In [0, 1). Above 0 the module ends with an exponentially weighted mean of its weights over the
+        epochs (bias-corrected, so only trained weights count; a window of about ``1 / (1 - ema_decay)``
+        epochs) instead of the last epoch's weights. The recorded losses are those of the weights being
+        trained. 0: the last epoch's weights.
 
     Returns
     -------
@@ -465,6 +511,7 @@ def train(
             f"Unknown `spatial_weighting` {spatial_weighting!r}; valid: {', '.join(map(repr, SPATIAL_WEIGHTINGS))}."
         )
     check_zinb_fraction(zinb_fraction)
+    ema_decay = check_ema_decay(ema_decay)
     stop_opts = _early_stopping_options(early_stopping)
     inputs.validate(module)
     dev = resolve_device(device)
@@ -479,6 +526,7 @@ def train(
         keys = ("loss", "zinb", "cr", "spatial")
         hist: dict[str, list[float]] = {k: [] for k in (*keys, "seconds")}
         plateau = _Plateau(stop_opts) if stop_opts else None
+        average = _WeightAverage(module, ema_decay) if ema_decay > 0 else None
         early = False
         module.train()
         bar = tqdm(range(int(n_epochs)), desc="SemST", unit="epoch", disable=not progress, leave=False)
@@ -508,6 +556,8 @@ def train(
                     )
                 total.backward()
                 opt.step()
+                if average is not None:
+                    average.update()
                 for k in keys:
                     hist[k].append(parts[k])
                 hist["seconds"].append(time.perf_counter() - t0)
@@ -520,6 +570,8 @@ def train(
         finally:
             bar.close()
             module.decoder._workspace.clear()
+        if average is not None:
+            average.copy_to_module()
     out_hist: dict[str, Any] = {k: np.asarray(v, dtype=np.float64) for k, v in hist.items()}
     out_hist["stopped_epoch"] = len(hist["loss"])
     out_hist["early_stopped"] = early

@@ -442,6 +442,7 @@ class SemST:
         lambda_s: float = Default.lambda_s,
         spatial_weighting: str = Default.spatial_weighting,
         zinb_fraction: float = Default.zinb_fraction,
+        ema_decay: float = Default.ema_decay,
         early_stopping: bool = False,
         progress: bool = True,
     ) -> SemST:
@@ -449,7 +450,8 @@ class SemST:
 
         ``spatial_weighting`` scales the spatial loss (see :func:`semst_sc.nn.spatial_regularization_loss`);
         ``zinb_fraction`` is the share of spots the ZINB loss reconstructs per epoch (see
-        :func:`semst_sc.tl.domains`).
+        :func:`semst_sc.tl.domains`); ``ema_decay`` above 0 ends training on an exponentially weighted mean
+        of the weights over the epochs (see :func:`semst_sc.tl.domains`).
         """
         from .._train import train
 
@@ -467,6 +469,7 @@ class SemST:
             lambda_s=lambda_s,
             spatial_weighting=spatial_weighting,
             zinb_fraction=zinb_fraction,
+            ema_decay=ema_decay,
             device=self.device,
             seed=self.params["seed"],
             progress=progress,
@@ -480,6 +483,7 @@ class SemST:
             lambda_s=float(lambda_s),
             spatial_weighting=spatial_weighting,
             zinb_fraction=float(zinb_fraction),
+            ema_decay=float(ema_decay),
             early_stopping=bool(early_stopping),
         )
         self.train_time = time.perf_counter() - start
