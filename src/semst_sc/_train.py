@@ -292,26 +292,32 @@ def _prepare(
     )
 
 
+def _unit_interval_number(name: str, value: Any, *, with_zero: bool, with_one: bool, hint: str) -> float:
+    """``value`` as a float, or a clear error when it is not a number in the interval from 0 to 1 whose
+    ends ``with_zero`` / ``with_one`` say are included; ``hint`` explains an end value in the message."""
+    span = f"{'[' if with_zero else '('}0, 1{']' if with_one else ')'}"
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise TypeError(f"`{name}` must be a number in {span}, got {value!r}.")
+    v = float(value)
+    above = 0.0 <= v if with_zero else 0.0 < v
+    below = v <= 1.0 if with_one else v < 1.0
+    if not (above and below):
+        raise ValueError(f"`{name}` must lie in {span} ({hint}), got {value!r}.")
+    return v
+
+
 def check_zinb_fraction(zinb_fraction: Any) -> float:
     """``zinb_fraction`` as a float, or a clear error when it is not a number in (0, 1]."""
-    if isinstance(zinb_fraction, bool) or not isinstance(zinb_fraction, int | float | np.number):
-        raise TypeError(f"`zinb_fraction` must be a number in (0, 1], got {zinb_fraction!r}.")
-    if not (0.0 < float(zinb_fraction) <= 1.0):
-        raise ValueError(
-            f"`zinb_fraction` must lie in (0, 1] (1: every spot at every epoch), got {zinb_fraction!r}."
-        )
-    return float(zinb_fraction)
+    return _unit_interval_number(
+        "zinb_fraction", zinb_fraction, with_zero=False, with_one=True, hint="1: every spot at every epoch"
+    )
 
 
 def check_ema_decay(ema_decay: Any) -> float:
     """``ema_decay`` as a float, or a clear error when it is not a number in [0, 1)."""
-    if isinstance(ema_decay, bool) or not isinstance(ema_decay, int | float | np.number):
-        raise TypeError(f"`ema_decay` must be a number in [0, 1), got {ema_decay!r}.")
-    if not (0.0 <= float(ema_decay) < 1.0):
-        raise ValueError(
-            f"`ema_decay` must lie in [0, 1) (0: keep the last epoch's weights), got {ema_decay!r}."
-        )
-    return float(ema_decay)
+    return _unit_interval_number(
+        "ema_decay", ema_decay, with_zero=True, with_one=False, hint="0: keep the last epoch's weights"
+    )
 
 
 class _WeightAverage:
@@ -338,9 +344,8 @@ class _WeightAverage:
     @torch.no_grad()
     def copy_to_module(self) -> None:
         """Write the average into the module's own tensors (the last epoch's weights are discarded)."""
-        if self.t:
-            for avg, live in zip(self.avg, self.live, strict=True):
-                live.copy_(avg)
+        for avg, live in zip(self.avg, self.live, strict=True):
+            live.copy_(avg)
 
 
 def _zinb_blocks(
