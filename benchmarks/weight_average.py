@@ -25,20 +25,15 @@ from _common import DATASETS, append_jsonl, run_json
 
 RUN = """
 import time, numpy as np, torch
-from sklearn.metrics import adjusted_rand_score
 import sys; sys.path.insert(0, {here!r})
 from _common import load
+import semst_sc as semst_pkg
 from semst_sc._constants import Default
 from semst_sc._train import embed, train
-from semst_sc.tl._cluster import cluster_embedding, smooth_labels
-from semst_sc.tl._semst import SemST
 torch.set_num_threads({threads})
 adata, truth_key, k = load({dataset!r})
-truth = adata.obs[truth_key]
-adata = adata[:, :].copy()
-del adata.obs[truth_key]
 t = time.perf_counter()
-semst = SemST(adata, seed={seed})
+semst = semst_pkg.tl.SemST(adata, seed={seed})
 inputs = semst._inputs()
 snaps = {{}}
 def keep(epoch, losses):
@@ -49,12 +44,11 @@ hist = train(semst.module, inputs, n_epochs=Default.n_epochs, seed={seed}, progr
              ema_decay={decay})
 snaps["average"] = embed(semst.module, inputs, device="cpu")
 wall = time.perf_counter() - t
-mask = truth.notna().to_numpy()
 ari = {{}}
 for name, z in snaps.items():
-    labels, _ = cluster_embedding(z, k, method="gmm", metric=Default.cluster_metric, seed={seed})
-    labels = smooth_labels(labels, semst.data.adj_spa)
-    ari[name] = float(adjusted_rand_score(truth.to_numpy()[mask], np.asarray(labels)[mask]))
+    labels, _ = semst_pkg.tl.cluster_embedding(z, k, metric=Default.cluster_metric, seed={seed})
+    adata.obs["variant"] = semst_pkg.tl.smooth_labels(labels, semst.data.adj_spa).astype(str)
+    ari[name] = float(semst_pkg.tl.evaluate(adata, truth_key, pred_key="variant")["ari"])
 res = dict(ari=ari, train_wall_s=wall, seconds_per_epoch=float(np.median(hist["seconds"])))
 """
 
