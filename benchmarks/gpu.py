@@ -13,6 +13,7 @@ timed call; a short warm-up call on the GPU comes first). For every dataset:
   run repeats itself (CUDA's sparse products add in a varying order, so it may not, to the last bit);
 - the same with ``fusion='fsm'`` and a random 384-wide ``X_llm`` (the cost of the FSM path);
 - the same with ``precision='bfloat16'`` (mixed precision for the two large products of each epoch);
+- the same with ``ema_decay=0.99`` (the weights averaged over the epochs: what the update costs on a GPU);
 - ``device='cpu'`` with ``--cpu-threads`` threads (default: all cores) as the baseline of the same machine.
 
 The scaling table trains synthetic tissues (the generator of ``domains.py --scaling``) of ``--sizes``
@@ -93,18 +94,19 @@ def _datasets(names, seeds, cpu_threads, out) -> list[dict]:
     rows = []
     for name in names:
         adata, truth, k = load(name)
-        runs = [("cuda", "none", s, "float32") for s in seeds]
-        runs += [("cuda", "none", seeds[0], "float32"), ("cuda", "fsm", seeds[0], "float32")]
-        runs += [("cuda", "none", seeds[0], "bfloat16"), ("cpu", "none", seeds[0], "float32")]
+        runs = [("cuda", "none", s, "float32", 0.0) for s in seeds]
+        runs += [("cuda", "none", seeds[0], "float32", 0.0), ("cuda", "fsm", seeds[0], "float32", 0.0)]
+        runs += [("cuda", "none", seeds[0], "bfloat16", 0.0), ("cuda", "none", seeds[0], "float32", 0.99)]
+        runs += [("cpu", "none", seeds[0], "float32", 0.0)]
         labels_first = None
-        for i, (dev, fusion, seed, precision) in enumerate(runs):
+        for i, (dev, fusion, seed, precision, ema) in enumerate(runs):
             a = adata.copy()
             if fusion == "fsm":
                 a.obsm["X_llm"] = np.random.default_rng(seed).normal(size=(a.n_obs, 384)).astype(np.float32)
             if dev == "cpu":
                 torch.set_num_threads(cpu_threads)
             try:
-                rec = _call(a, dev, n_domains=k, seed=seed, fusion=fusion, precision=precision)
+                rec = _call(a, dev, n_domains=k, seed=seed, fusion=fusion, precision=precision, ema_decay=ema)
             except Exception as e:
                 rec = {"device": dev, "error": f"{type(e).__name__}: {e}"}
             else:
@@ -116,7 +118,14 @@ def _datasets(names, seeds, cpu_threads, out) -> list[dict]:
                 if i == len(seeds):  # the repeat of the first seed
                     rec["repeat_of_first"] = True
                     rec["same_labels_as_first"] = bool(np.array_equal(lab, labels_first))
-            rec.update(dataset=name, fusion=fusion, precision=precision, seed=seed, n_spots=int(adata.n_obs))
+            rec.update(
+                dataset=name,
+                fusion=fusion,
+                precision=precision,
+                ema_decay=ema,
+                seed=seed,
+                n_spots=int(adata.n_obs),
+            )
             if dev == "cpu":
                 rec["cpu_threads"] = cpu_threads
             _emit(rec, out)
@@ -152,7 +161,8 @@ def _scaling(sizes, epochs, out) -> list[dict]:
 
 
 def _setting(r: dict) -> str:
-    return f"{r['fusion']}, {r.get('precision', 'float32')}"
+    ema = f", ema_decay {r['ema_decay']:g}" if r.get("ema_decay") else ""
+    return f"{r['fusion']}, {r.get('precision', 'float32')}{ema}"
 
 
 def _prepare(names, folder: Path) -> None:

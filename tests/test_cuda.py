@@ -121,3 +121,9 @@ def test_missing_cuda_index_is_a_clear_error():
     with pytest.raises(ValueError, match="device"):
         semst.tl.domains(a, n_domains=2, n_epochs=5, device=bad, progress=False)
     assert (set(a.obsm), set(a.obs), set(a.uns)) == before
+
+
+def test_ema_decay_on_cuda_ends_on_the_bias_corrected_weight_average():
+    from test_train import check_ema_decay_average
+
+    check_ema_decay_average("cuda")

@@ -285,6 +285,12 @@ def test_bad_zinb_fraction_is_a_clear_error(value, exc):
 
 
 def test_ema_decay_ends_on_the_bias_corrected_weight_average():
+    check_ema_decay_average("cpu")
+
+
+def check_ema_decay_average(device: str) -> None:
+    """Train with ema_decay on ``device``; the final weights must be the bias-corrected weighted mean of
+    the per-epoch weights (test_cuda.py runs the same check on a GPU)."""
     inputs, _ = _inputs()
     decay, n = 0.8, 12
     seen: list[dict[str, torch.Tensor]] = []  # the trained (not averaged) weights after every epoch
@@ -293,15 +299,15 @@ def test_ema_decay_ends_on_the_bias_corrected_weight_average():
     start = {k: v.clone() for k, v in mod.state_dict().items()}
 
     def keep(epoch, losses):
-        seen.append({k: v.detach().clone() for k, v in mod.state_dict().items()})
+        seen.append({k: v.detach().cpu().clone() for k, v in mod.state_dict().items()})
 
     hist = tr.train(
-        mod, inputs, n_epochs=n, device="cpu", seed=2, progress=False, ema_decay=decay, callback=keep
+        mod, inputs, n_epochs=n, device=device, seed=2, progress=False, ema_decay=decay, callback=keep
     )
     assert len(seen) == n == hist["stopped_epoch"]
     w = np.array([(1 - decay) * decay ** (n - 1 - s) for s in range(n)]) / (1 - decay**n)
     assert w.sum() == pytest.approx(1.0)  # a weighted mean of w_1..w_n: the initial weights take no part
-    final = mod.state_dict()
+    final = {k: v.cpu() for k, v in mod.state_dict().items()}
     for k in names:
         expect = sum(float(ws) * snap[k].double() for ws, snap in zip(w, seen, strict=True))
         torch.testing.assert_close(final[k].double(), expect, rtol=1e-5, atol=1e-6)
