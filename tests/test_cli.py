@@ -119,6 +119,8 @@ def errors(files) -> dict[str, subprocess.CompletedProcess]:
             ],
             "bad_suffix": ["domains", files["small"], "-o", d / "out.csv"],
             "bad_hops": ["domains", files["small"], "-o", d / "o5.h5ad", "--smooth-hops", "-1"],
+            "bad_ema": ["domains", files["small"], "-o", d / "o6.h5ad", "--ema-decay", "1"],
+            "bad_genes": ["domains", files["small"], "-o", d / "o7.h5ad", "--n-top-genes", "0"],
         }
     )
 
@@ -173,6 +175,16 @@ def test_bad_value_and_output_name(errors, files):
     proc = errors["bad_hops"]  # argparse refuses it: usage on stderr, exit 2, nothing written
     assert proc.returncode == 2 and "expected a non-negative integer, got -1" in proc.stderr
     assert not (files["dir"] / "o5.h5ad").exists()
+    proc = errors["bad_ema"]
+    assert (
+        proc.returncode == 2 and "--ema-decay" in proc.stderr and "expected a number in [0, 1)" in proc.stderr
+    )
+    assert not (files["dir"] / "o6.h5ad").exists()
+    proc = errors["bad_genes"]
+    assert (
+        proc.returncode == 2 and "--n-top-genes" in proc.stderr and "positive integer, got 0" in proc.stderr
+    )
+    assert not (files["dir"] / "o7.h5ad").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -291,7 +303,8 @@ def test_embed_then_domains_end_to_end(dlpfc_crop, tmp_path):
     # --overwrite replaces an existing file, even the input
     proc = semst(
         "domains", out, "-o", out, "--n-domains", "3", "--epochs", "2", "--overwrite", "-q",
-        "--smooth-hops", "2", "--cluster-metric", "euclidean", timeout=900,
+        "--smooth-hops", "2", "--cluster-metric", "euclidean", "--ema-decay", "0.9", "--n-top-genes", "300",
+        timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = ad.read_h5ad(out)
@@ -302,6 +315,9 @@ def test_embed_then_domains_end_to_end(dlpfc_crop, tmp_path):
         and res.uns[Key.uns.semst]["params"]["cluster_metric"] == "euclidean"
     )
     assert re.search(r"cluster metric\s+euclidean", proc.stdout), proc.stdout
+    new = res.uns[Key.uns.semst]["params"]
+    assert (params["ema_decay"], params["n_top_genes"]) == (0.0, 2000)
+    assert (new["ema_decay"], new["n_top_genes"]) == (0.9, 300)
 
 
 @pytest.mark.slow
