@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 # test_train.py's synthetic two-domain tissue and module factory (--import-mode=importlib adds no path)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import _inputs, _module, _tissue  # noqa: E402
+from test_train import _inputs, _module, _tissue, check_ema_decay_average  # noqa: E402
 
 
 def test_training_on_cuda_follows_the_cpu():
@@ -124,6 +124,4 @@ def test_missing_cuda_index_is_a_clear_error():
 
 
 def test_ema_decay_on_cuda_ends_on_the_bias_corrected_weight_average():
-    from test_train import check_ema_decay_average
-
     check_ema_decay_average("cuda")
