@@ -177,7 +177,9 @@ def test_bad_value_and_output_name(errors, files):
     assert not (files["dir"] / "o5.h5ad").exists()
     proc = errors["bad_ema"]
     assert (
-        proc.returncode == 2 and "--ema-decay" in proc.stderr and "expected a number in [0, 1)" in proc.stderr
+        proc.returncode == 2
+        and "--ema-decay" in proc.stderr
+        and "`ema_decay` must lie in [0, 1)" in proc.stderr
     )
     assert not (files["dir"] / "o6.h5ad").exists()
     proc = errors["bad_genes"]

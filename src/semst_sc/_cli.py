@@ -429,15 +429,16 @@ def _nonnegative_int(text: str) -> int:
 
 
 def _ema_decay(text: str) -> float:
+    from ._utils import check_ema_decay  # the bound of tl.domains, without importing torch
+
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(
-            f"expected a number in [0, 1) (0: keep the last epoch's weights), got {value:g}"
-        )
-    return value
+    try:
+        return check_ema_decay(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._constants import Default
+from ._utils import check_ema_decay, check_zinb_fraction
 from .nn import SemSTModule, ZINBTarget, edge_index, normalize_adjacency, scipy_to_torch_csr
 from .nn._losses import SPATIAL_WEIGHTINGS
 
@@ -289,34 +290,6 @@ def _prepare(
         cols.to(device),
         h,
         sf,
-    )
-
-
-def _unit_interval_number(name: str, value: Any, *, with_zero: bool, with_one: bool, hint: str) -> float:
-    """``value`` as a float, or a clear error when it is not a number in the interval from 0 to 1 whose
-    ends ``with_zero`` / ``with_one`` say are included; ``hint`` explains an end value in the message."""
-    span = f"{'[' if with_zero else '('}0, 1{']' if with_one else ')'}"
-    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-        raise TypeError(f"`{name}` must be a number in {span}, got {value!r}.")
-    v = float(value)
-    above = 0.0 <= v if with_zero else 0.0 < v
-    below = v <= 1.0 if with_one else v < 1.0
-    if not (above and below):
-        raise ValueError(f"`{name}` must lie in {span} ({hint}), got {value!r}.")
-    return v
-
-
-def check_zinb_fraction(zinb_fraction: Any) -> float:
-    """``zinb_fraction`` as a float, or a clear error when it is not a number in (0, 1]."""
-    return _unit_interval_number(
-        "zinb_fraction", zinb_fraction, with_zero=False, with_one=True, hint="1: every spot at every epoch"
-    )
-
-
-def check_ema_decay(ema_decay: Any) -> float:
-    """``ema_decay`` as a float, or a clear error when it is not a number in [0, 1)."""
-    return _unit_interval_number(
-        "ema_decay", ema_decay, with_zero=True, with_one=False, hint="0: keep the last epoch's weights"
     )
 
 

@@ -1,10 +1,14 @@
-"""Small shared helpers for working on large sparse matrices without large temporaries."""
+"""Small shared helpers: large sparse matrices without large temporaries, and number checks.
+
+Nothing here imports torch, so the command line can use the checks while it parses its arguments.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,3 +52,31 @@ def user_stacklevel() -> int:
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_PACKAGE_DIR):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _unit_interval_number(name: str, value: Any, *, with_zero: bool, with_one: bool, hint: str) -> float:
+    """``value`` as a float, or a clear error when it is not a number in the interval from 0 to 1 whose
+    ends ``with_zero`` / ``with_one`` say are included; ``hint`` explains an end value in the message."""
+    span = f"{'[' if with_zero else '('}0, 1{']' if with_one else ')'}"
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise TypeError(f"`{name}` must be a number in {span}, got {value!r}.")
+    v = float(value)
+    above = 0.0 <= v if with_zero else 0.0 < v
+    below = v <= 1.0 if with_one else v < 1.0
+    if not (above and below):
+        raise ValueError(f"`{name}` must lie in {span} ({hint}), got {value!r}.")
+    return v
+
+
+def check_zinb_fraction(zinb_fraction: Any) -> float:
+    """``zinb_fraction`` as a float, or a clear error when it is not a number in (0, 1]."""
+    return _unit_interval_number(
+        "zinb_fraction", zinb_fraction, with_zero=False, with_one=True, hint="1: every spot at every epoch"
+    )
+
+
+def check_ema_decay(ema_decay: Any) -> float:
+    """``ema_decay`` as a float, or a clear error when it is not a number in [0, 1)."""
+    return _unit_interval_number(
+        "ema_decay", ema_decay, with_zero=True, with_one=False, hint="0: keep the last epoch's weights"
+    )

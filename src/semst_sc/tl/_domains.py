@@ -237,7 +237,7 @@ def domains(
     check_choice("cluster_metric", cluster_metric, CLUSTER_METRICS)
     check_choice("backend", backend, BACKENDS)
     check_choice("spatial_weighting", spatial_weighting, SPATIAL_WEIGHTINGS)
-    from .._train import check_ema_decay, check_zinb_fraction
+    from .._utils import check_ema_decay, check_zinb_fraction
     from ..gr._spatial import _library_codes
 
     check_zinb_fraction(zinb_fraction)
