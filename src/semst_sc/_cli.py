@@ -432,12 +432,12 @@ def _ema_decay(text: str) -> float:
     from ._utils import check_ema_decay  # the bound of tl.domains, without importing torch
 
     try:
-        value = float(text)
+        value: float | str = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+        value = text  # not a number: the check refuses it, naming the range
     try:
         return check_ema_decay(value)
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
