@@ -11,6 +11,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import BACKENDS, CLUSTER_METHODS, CLUSTER_METRICS, FUSIONS, SPATIAL_WEIGHTINGS, Default, Key
+from .._utils import check_ema_decay, check_zinb_fraction
 from .._validation import check_anndata, check_choice, check_n_hops
 from ._cluster import DEFAULT_K_RANGE, cluster_embedding, estimate_n_domains, smooth_embedding, smooth_labels
 from ._semst import SemST, _versions
@@ -237,7 +238,6 @@ def domains(
     check_choice("cluster_metric", cluster_metric, CLUSTER_METRICS)
     check_choice("backend", backend, BACKENDS)
     check_choice("spatial_weighting", spatial_weighting, SPATIAL_WEIGHTINGS)
-    from .._utils import check_ema_decay, check_zinb_fraction
     from ..gr._spatial import _library_codes
 
     check_zinb_fraction(zinb_fraction)
