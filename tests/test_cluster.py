@@ -6,6 +6,7 @@ import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from semst_sc.tl._cluster import (
+    _reduce,
     _relabel_by_size,
     cluster_embedding,
     estimate_n_domains,
@@ -91,6 +92,34 @@ def test_smooth_labels_majority_over_neighbours():
     labels = np.array([0, 1, 1, 0, 0])
     out = smooth_labels(labels, a)
     assert out[1] == 1 and out[2] == 1
+
+
+def test_smooth_labels_tie_between_other_labels_goes_to_the_lowest_and_duplicates_vote_once():
+    # spot 0 (label 2) has neighbours labelled 1, 1, 0, 0: labels 0 and 1 tie at 2 votes against its own 1.5
+    labels = np.array([2, 1, 1, 0, 0, 2, 2])  # spots 5-6 keep label 2 alive
+    rows, cols = [0, 0, 0, 0, 5], [1, 2, 3, 4, 6]
+    a = sp.csr_matrix((np.ones(5), (rows, cols)), shape=(7, 7))
+    a = (a + a.T).tocsr()
+    assert smooth_labels(labels, a)[0] == 0
+    # the same graph stored with a duplicate edge 0-1 (non-canonical CSR) gives the same vote
+    dup = sp.csr_matrix(
+        (np.ones(a.nnz + 1), np.r_[a.indices[:1], a.indices], np.r_[0, a.indptr[1:] + 1]), shape=(7, 7)
+    )
+    assert not dup.has_canonical_format and dup.nnz == a.nnz + 1
+    before = (dup.indptr.copy(), dup.indices.copy(), dup.data.copy())
+    np.testing.assert_array_equal(smooth_labels(labels, dup), smooth_labels(labels, a))
+    for kept, was in zip((dup.indptr, dup.indices, dup.data), before, strict=True):
+        np.testing.assert_array_equal(kept, was)  # the caller's graph is untouched
+
+
+def test_pca_scores_match_a_full_svd():
+    from sklearn.decomposition import PCA
+
+    x, _ = _blobs(n_per=200, k=5, d=30, seed=3)
+    ours = _reduce(x, 8, "euclidean")
+    ref = PCA(n_components=8, svd_solver="full").fit_transform(x)
+    np.testing.assert_allclose(ours, ref, atol=1e-9)  # the same axes, signs included
+    assert _reduce(x, None, "euclidean").shape == x.shape  # no PCA: centred only
 
 
 def test_smooth_embedding_is_repeated_neighbourhood_mean():

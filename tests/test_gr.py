@@ -273,9 +273,39 @@ def test_ivf_index_recall_and_exact_when_few_cells():
     assert not (many == np.arange(len(Y))[:, None]).any()  # never itself
 
 
+def test_ivf_cells_cover_every_row_in_cells_of_about_the_asked_size():
+    Y, _ = _feature._normalize_rows(_clustered(n=6000, seed=4))
+    centers, assign = _feature._cells(Y, 6000 // 64, 64, seed=1)
+    again = _feature._cells(Y, 6000 // 64, 64, seed=1)
+    np.testing.assert_array_equal(assign, again[1])
+    np.testing.assert_array_equal(centers, again[0])
+    assert 0.7 * 93 <= centers.shape[0] <= 1.3 * 93  # about n_cells cells over the coarse groups
+    sizes = np.bincount(assign, minlength=centers.shape[0])
+    assert sizes.sum() == 6000 and assign.min() >= 0
+    assert np.median(sizes) <= 2 * 64 and sizes.max() <= 8 * 64
+    # every row lies in the nearest cell of its own coarse group: never farther than the group's best
+    d_own = ((Y - centers[assign]) ** 2).sum(axis=1)
+    d_all = ((Y[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+    assert np.mean(d_own <= d_all + 1e-5) > 0.9  # group borders cost a few rows their global nearest cell
+
+
+def test_svd_fitted_on_a_sample_projects_every_row_on_the_same_subspace():
+    rng = np.random.default_rng(5)
+    X = np.abs(rng.normal(size=(2000, 6))) @ np.abs(rng.normal(size=(6, 80))) + 1e-4 * rng.random((2000, 80))
+    Xn, _ = _feature._normalize_rows(sparse.csr_matrix(X.astype(np.float32)))
+    full = _feature._reduce(Xn, 10, seed=0)
+    part = _feature._reduce(Xn, 10, seed=0, max_fit=300)
+    np.testing.assert_array_equal(part, _feature._reduce(Xn, 10, seed=0, max_fit=300))
+    assert part.shape == full.shape == (2000, 10)
+    # rank 6 < 10 components: both spans hold the data, so both keep its cosines
+    idx = rng.choice(2000, 200, replace=False)
+    np.testing.assert_allclose(part[idx] @ part[idx].T, full[idx] @ full[idx].T, atol=2e-3)
+
+
 def test_svd_method_is_deterministic_and_sane(monkeypatch):
     X = sparse.csr_matrix(np.abs(_clustered(n=2500, dim=120, seed=2)))
     monkeypatch.setattr(_feature, "CELL_SIZE", 64)  # several cells even on 2500 rows
+    monkeypatch.setattr(_feature, "SVD_FIT_MAX", 1000)  # singular vectors fitted on 1000 of the rows
     g1 = semst.gr.cosine_knn_graph(X, 8, method="svd", n_components=20, seed=3)
     g2 = semst.gr.cosine_knn_graph(X, 8, method="svd", n_components=20, seed=3)
     _check_graph(g1)

@@ -141,7 +141,7 @@ def preprocess_arrays(
             f"only {keep.size} gene(s) are detected in >= {min_cells_used} spots; need at least 2."
         )
     n_top = min(n_top, keep.size)
-    kept_counts = counts[:, keep]
+    kept_counts = counts if keep.size == n_genes else counts[:, keep]  # no copy when every gene is kept
 
     # 2. Seurat v3 highly variable genes on the counts (all genes when the panel is no larger than n_top)
     if n_top >= keep.size:
