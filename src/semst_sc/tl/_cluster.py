@@ -67,9 +67,9 @@ def _reduce(emb: np.ndarray, n_pcs: int | None, metric: str) -> np.ndarray:
     centred = emb - emb.mean(axis=0)
     if n_pcs is None or n_pcs >= min(emb.shape):
         return centred
-    # the principal axes from the d x d scatter matrix: O(N d^2) and nothing N x N or N x N-wide, 17x faster
-    # than a full SVD at 1 000 000 spots x 128; the scores equal the SVD's to ~1e-13 (float64), and each
-    # axis gets the SVD's sign convention (largest loading positive)
+    # the principal axes from the d x d scatter matrix (O(N d^2), no N x d factor), 17x faster than a full
+    # SVD at 1 000 000 spots x 128; the scores equal the SVD's to ~1e-13 (float64), and each axis gets the
+    # SVD's sign convention (largest loading positive)
     _, vec = np.linalg.eigh(centred.T @ centred)
     axes = vec[:, ::-1][:, :n_pcs]
     axes *= np.sign(axes[np.argmax(np.abs(axes), axis=0), np.arange(n_pcs)])
@@ -332,9 +332,8 @@ def smooth_labels(labels: np.ndarray, adjacency: sp.spmatrix) -> np.ndarray:
     -------
     numpy.ndarray
         The smoothed labels; a tie keeps the spot's own label (a tie among other labels goes to the lowest).
-        No domain disappears: when the vote would
-        erase a label entirely (a small, scattered domain), its spots keep that label, so the number of
-        domains asked for is kept.
+        No domain disappears: when the vote would erase a label entirely (a small, scattered domain), its
+        spots keep that label, so the number of domains asked for is kept.
     """
     labels = np.asarray(labels)
     n = labels.shape[0]
