@@ -23,9 +23,10 @@ Two ways to find the neighbours, both deterministic for a given ``seed``:
     HVGs) only about 13 % of the exact neighbours are kept, because cosine on thousands of sparse genes is
     dominated by noise; the low-rank graph is a denoised one (61 % of its neighbours share the annotated
     layer, against 43 % for the exact graph; with 2000 genes, 61-62 % with the singular vectors fitted on
-    all 2929 spots and 63 % with them fitted on 1000, seeds 0 and 1). The index is approximate as well: on the real slices, with cells made small enough
-    that only 4-26 % of the spots are searched, it finds 72-93 % of the true neighbours of the
-    50-dimensional space (DLPFC, STARmap, osmFISH, seeds 0 and 1); on the synthetic benchmark of
+    all 2929 spots and 63 % with them fitted on 1000, seeds 0 and 1). The index is approximate as well: on
+    the real slices, with cells made small enough that only 4-26 % of the spots are searched, it finds
+    72-93 % of the true neighbours of the 50-dimensional space (DLPFC, STARmap, osmFISH, seeds 0 and 1);
+    on the synthetic benchmark of
     ``benchmarks/graphs.py`` (100 000 spots, domains that are featureless noise clouds: the hardest case)
     64 %, and over 99 % of the neighbours it returns lie in the spot's own domain.
 
@@ -47,6 +48,7 @@ from .._constants import Default, Key
 from .._docs import inject_docs
 from .._utils import block_rows, row_blocks, user_stacklevel
 from .._validation import check_anndata, check_choice, check_n_neighbors, check_obsm, get_counts
+from ._spatial import _groups
 
 FEATURE_METHODS = ("auto", "exact", "svd")
 #: ``method='auto'`` uses the exact search up to this many spots.
@@ -184,14 +186,11 @@ def _cells(Y: np.ndarray, n_cells: int, cell_size: int, seed: int) -> tuple[np.n
     n = Y.shape[0]
     sample = np.sort(rng.choice(n, size=min(n, 20 * n_cells), replace=False))
     groups = _nearest(Y, _kmeans_centers(Y[sample], max(1, int(np.sqrt(n_cells))), seed))
-    order = np.argsort(groups, kind="stable")
-    bounds = np.searchsorted(groups[order], np.arange(groups.max() + 2))
     in_sample = np.zeros(n, dtype=bool)
     in_sample[sample] = True
     centers, assign = [], np.empty(n, dtype=np.int64)
     offset = 0
-    for g in range(bounds.size - 1):
-        members = order[bounds[g] : bounds[g + 1]]
+    for members in _groups(groups):
         if members.size == 0:
             continue
         fit = members[in_sample[members]]
