@@ -35,7 +35,8 @@ def synthetic_tissue(n: int, n_genes: int = 3000):
     """The scaling benchmarks' tissue: ``n`` spots on a square grid (pitch 100) in 5 bands, Poisson counts.
 
     Counts are drawn in blocks of rows (the same numbers as one draw over the whole matrix), so no dense
-    n x genes matrix is ever held. Raw counts in ``X`` (CSR float32), coordinates in ``obsm['spatial']``.
+    n x genes matrix is ever held. Raw counts in ``X`` (CSR float32), coordinates in ``obsm['spatial']``,
+    the band in ``obs['domain']``.
     """
     import anndata as ad
     import scipy.sparse as sp
@@ -50,6 +51,7 @@ def synthetic_tissue(n: int, n_genes: int = 3000):
         for a in range(0, n, 20_000)
     ]
     adata = ad.AnnData(sp.vstack(blocks).tocsr(), obsm={"spatial": xy})
+    adata.obs["domain"] = domain  # the band each spot's counts were drawn from
     adata.var_names = [f"g{i}" for i in range(n_genes)]
     return adata
 
