@@ -139,9 +139,26 @@ def test_training_is_bitwise_deterministic_on_cpu():
 
 def test_training_restores_deterministic_flag():
     before = torch.are_deterministic_algorithms_enabled()
+    fill_before = torch.utils.deterministic.fill_uninitialized_memory
     inputs, _ = _inputs()
     tr.train(_module(), inputs, n_epochs=1, device="cpu", progress=False)
     assert torch.are_deterministic_algorithms_enabled() == before
+    assert torch.utils.deterministic.fill_uninitialized_memory == fill_before
+
+
+@pytest.mark.parametrize("zinb_fraction", [1.0, 0.5])
+def test_training_reads_no_uninitialised_memory(monkeypatch, zinb_fraction):
+    # CPU training switches torch's NaN fill of new tensors off for speed; with it on, any read of memory
+    # that was never written would change the result (NaN), so both runs must agree bit for bit
+    inputs, _ = _inputs()
+    embs = []
+    for fill in (False, True):
+        monkeypatch.setattr(tr, "FILL_UNINITIALIZED_MEMORY", fill)
+        mod = _module(seed=3)
+        tr.train(mod, inputs, n_epochs=5, device="cpu", seed=3, progress=False, zinb_fraction=zinb_fraction)
+        embs.append(tr.embed(mod, inputs, device="cpu"))
+    assert np.isfinite(embs[0]).all()
+    assert np.array_equal(embs[0], embs[1])
 
 
 @pytest.mark.parametrize("fusion", ["concat", "add", "cross_attention", "none"])

@@ -44,6 +44,10 @@ EARLY_STOPPING_DEFAULTS: dict[str, float] = {"patience": 20, "tol": 1e-3, "min_e
 SPARSE_X_MAX_DENSITY = 0.10
 DENSE_X_MAX_BYTES = 2 * 2**30
 
+#: value of ``torch.utils.deterministic.fill_uninitialized_memory`` during a deterministic (CPU) run; the
+#: tests set it to True to check that nothing in training reads memory it has not written
+FILL_UNINITIALIZED_MEMORY = False
+
 
 # -- device and seeds -----------------------------------------------------------------------------------
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -121,17 +125,27 @@ def seed_everything(seed: int) -> None:
 
 @contextlib.contextmanager
 def _deterministic(enabled: bool) -> Iterator[None]:
-    """Temporarily enable torch's deterministic algorithms (restoring the previous settings)."""
+    """Temporarily enable torch's deterministic algorithms (restoring the previous settings).
+
+    torch's companion setting ``torch.utils.deterministic.fill_uninitialized_memory`` is switched off for
+    the same time: it fills every newly allocated tensor with NaN, a debugging aid that makes a read of
+    uninitialised memory visible, and that cost a quarter of an osmFISH epoch (mostly first-touch page
+    faults of the spatial loss's 16 MB temporaries). The results are the same bit for bit: the training
+    code reads no memory it has not written (tested with :data:`FILL_UNINITIALIZED_MEMORY` set to True).
+    """
     if not enabled:
         yield
         return
     prev = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = FILL_UNINITIALIZED_MEMORY
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+        torch.utils.deterministic.fill_uninitialized_memory = prev_fill
 
 
 # -- inputs ---------------------------------------------------------------------------------------------

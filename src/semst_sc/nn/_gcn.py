@@ -151,7 +151,7 @@ class GCNLayer(nn.Module):
         """The graph step ``adj @ support + b`` alone (``support`` = ``x @ W``)."""
         out = _propagate(adj, support)
         if self.bias is not None:
-            out = out + self.bias
+            out = out.add_(self.bias)  # in place on the fresh product (its backward does not read it)
         return out
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
@@ -192,7 +192,7 @@ class GCN(nn.Module):
 
         Lets a caller compute ``x @ [W_a | W_b]`` once for two GCNs that read the same ``x``.
         """
-        h = F.relu(self.layer1.propagate(support, adj))
+        h = F.relu(self.layer1.propagate(support, adj), inplace=True)  # on a fresh tensor: one less copy
         h = F.dropout(h, self.dropout, training=self.training)
         return self.layer2(h, adj)
 

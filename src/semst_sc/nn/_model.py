@@ -189,9 +189,11 @@ class SemSTModule(nn.Module):
             support = (x.to(low) @ w.to(low)).float()  # x.to is free when the caller rounded x already
         else:
             support = feature_matmul(x, w)
-        hid = self.hidden
-        h_spa = self.gcn_spa.forward_from_support(support[:, :hid].contiguous(), adj_spa)
-        h_fea = self.gcn_fea.forward_from_support(support[:, hid:].contiguous(), adj_fea)
+        # split, not two slices: its backward joins the two gradients in one copy, where each slice's
+        # backward would fill an N x 2 hidden matrix of zeros and the two would then be added
+        s_spa, s_fea = support.split(self.hidden, dim=1)
+        h_spa = self.gcn_spa.forward_from_support(s_spa.contiguous(), adj_spa)
+        h_fea = self.gcn_fea.forward_from_support(s_fea.contiguous(), adj_fea)
         z = self.fusion(torch.cat([h_spa, h_fea], dim=1), h_llm)
         return z, h_spa, h_fea
 
