@@ -10,7 +10,8 @@ import torch
 
 from semst_sc import nn as snn
 from semst_sc._constants import FUSIONS
-from semst_sc.nn._losses import _edge_structure, _EdgeDot
+from semst_sc.nn import _losses
+from semst_sc.nn._losses import _edge_structure, _EdgeDot, _PairDot
 
 
 @pytest.fixture(autouse=True)
@@ -389,6 +390,27 @@ def test_spatial_loss_positive_gradient_matches_gather_autograd():
     torch.testing.assert_close(
         torch.autograd.grad(got, z, retain_graph=True)[0], torch.autograd.grad(ref, z)[0]
     )
+
+
+def test_pair_dot_matches_gathers_and_does_not_depend_on_its_sub_blocks(monkeypatch):
+    # values and gradient equal the plain gathered formula; the sub-block size (a cache setting) changes
+    # neither, bit for bit: the backward adds the rows in the same order whatever the sub-blocks
+    gen = torch.Generator().manual_seed(3)
+    n, d, p = 200, 16, 3000
+    z = torch.randn(n, d, generator=gen, requires_grad=True)
+    i, j = torch.randint(0, n, (p,), generator=gen), torch.randint(0, n, (p,), generator=gen)
+    w = torch.randn(p, generator=gen)
+    ref = ((z[i] * z[j]).sum(1) * w).sum()
+    ref_grad = torch.autograd.grad(ref, z)[0]
+    results = []
+    for block_values in (1 << 18, 7 * d, 1):  # one sub-block per chunk, uneven ones, one pair at a time
+        monkeypatch.setattr(_losses, "PAIR_BLOCK_VALUES", block_values)
+        got = (_PairDot.apply(z, i, j, 1024) * w).sum()
+        results.append((got.detach(), torch.autograd.grad(got, z)[0]))
+    torch.testing.assert_close(results[0][0], ref)
+    torch.testing.assert_close(results[0][1], ref_grad)
+    for got, grad in results[1:]:
+        assert torch.equal(got, results[0][0]) and torch.equal(grad, results[0][1])
 
 
 def test_spatial_loss_is_reproducible_with_a_generator_and_validates():
