@@ -141,7 +141,7 @@ class _PairDot(torch.autograd.Function):
     @staticmethod
     def forward(ctx, zn: torch.Tensor, i: torch.Tensor, j: torch.Tensor, chunk: int) -> torch.Tensor:
         out = zn.new_empty(i.shape[0])
-        step = max(1, PAIR_BLOCK_VALUES // max(zn.shape[1], 1))
+        step = ctx.step = max(1, PAIR_BLOCK_VALUES // max(zn.shape[1], 1))
         for s in range(0, i.shape[0], step):
             # index_select: the same rows as zn[i], gathered about twice as fast on CPU
             zi = zn.index_select(0, i[s : s + step])
@@ -154,7 +154,7 @@ class _PairDot(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         zn, i, j = ctx.saved_tensors
         out = torch.zeros_like(zn)
-        step = max(1, PAIR_BLOCK_VALUES // max(zn.shape[1], 1))
+        step = ctx.step
         for s in range(0, i.shape[0], ctx.chunk):
             e = min(i.shape[0], s + ctx.chunk)
             for dst, src in ((i, j), (j, i)):  # all i rows of the chunk, then all j rows
