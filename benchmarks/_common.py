@@ -56,10 +56,12 @@ def synthetic_tissue(n: int, n_genes: int = 3000):
     return adata
 
 
-def run_json(code: str, timeout: float = 3600) -> dict:
-    """Run ``code`` in a fresh interpreter; it must print one JSON object as its last stdout line.
+def run_json(code: str, timeout: float = 3600, env: dict[str, str] | None = None) -> dict:
+    """Run ``code`` in a fresh interpreter; it must leave its results in a dict named ``res``.
 
     Peak memory is the child's maximum resident set size, so each measurement starts from a clean process.
+    ``env``: the child's environment (default: this process's). A failure returns ``{"error": <last line
+    of stderr>}``.
     """
     wrapper = (
         "import json, resource, sys\n"
@@ -68,7 +70,7 @@ def run_json(code: str, timeout: float = 3600) -> dict:
         + "print(json.dumps(res))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=timeout, check=False, env=env
     )
     if out.returncode != 0:
         return {

@@ -16,21 +16,19 @@ changes the numbers does not pass unnoticed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import DATASETS, append_jsonl, table  # noqa: E402
+from _common import DATASETS, append_jsonl, run_json, table  # noqa: E402
 
 CODE = """
-import hashlib, json, statistics, sys, torch
+import hashlib, statistics, torch
 torch.set_num_threads({threads})
 sys.path.insert(0, {here!r})
 from _common import load
@@ -41,18 +39,18 @@ model = SemST(adata, fusion="none", device="cpu", seed=0)
 model.train({epochs}, progress=False)
 sec = model.history["seconds"][5:]
 emb = model.get_embedding()
-print(json.dumps({{"median_s": statistics.median(sec), "src": semst_sc.__file__,
-                   "emb_sha1": hashlib.sha1(emb.tobytes()).hexdigest()}}))
+res = {{"median_s": statistics.median(sec), "src": semst_sc.__file__,
+        "emb_sha1": hashlib.sha1(emb.tobytes()).hexdigest()}}
 """
 
 
 def measure(src: str, dataset: str, epochs: int, threads: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
     code = CODE.format(threads=threads, here=str(HERE), dataset=dataset, epochs=epochs)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"{src} on {dataset} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    res = run_json(code, env=env)
+    if "error" in res:
+        raise SystemExit(f"{src} on {dataset} failed: {res['error']}")
+    return res
 
 
 def main() -> None:
@@ -92,7 +90,6 @@ def main() -> None:
                 "before_src": args.before,
                 "after_src": args.after,
                 "runs": runs,
-                "run_id": hashlib.sha1(json.dumps(runs).encode()).hexdigest()[:8],
             }
         )
         print(json.dumps(records[-1]), flush=True)
