@@ -1,0 +1,100 @@
+"""What training adds: semst-sc's own input, reduced by PCA and clustered the same way, with no network.
+
+Usage::
+
+    python benchmarks/untrained_baseline.py                       # the three datasets and the 10k lattice
+    python benchmarks/untrained_baseline.py --datasets dlpfc_151673 --out results/untrained_baseline.jsonl
+
+For each dataset: the preprocessing ``tl.domains`` runs (``pp.preprocess_arrays``: highly variable genes,
+normalisation, scaling, clipping) and its default ``log1p`` of the scaled matrix; a PCA to 50 components
+(fewer on small panels); 0, 1 or 2 passes of ``tl.smooth_embedding`` over the spatial graph
+``tl.domains`` builds (``gr.spatial_graph`` defaults); the default clustering of ``tl.domains``
+(``tl.cluster_embedding``: Gaussian mixture on 20 PCs, seed 0) in both geometries, then its label vote
+(``tl.smooth_labels``). No training, no labels until scoring; the PCA and the clustering are seeded, so
+the numbers do not depend on a training seed. Compare with ``tl.domains`` on the same data
+(``README.md``, ``benchmarks/README.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE / "peers"))
+from _common import DATASETS, load  # noqa: E402
+
+LATTICE = "synth_10000"
+
+
+def _load(name: str):
+    if name == LATTICE:
+        import anndata as ad
+        import synth
+
+        return ad.read_h5ad(synth.tissue_path(10000)), synth.TRUTH_KEY, synth.N_DOMAINS
+    return load(name)
+
+
+def run(name: str) -> list[dict]:
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import adjusted_rand_score
+
+    import semst_sc as semst
+
+    adata, truth_key, k = _load(name)
+    truth = adata.obs[truth_key]
+    scored = truth.notna().to_numpy()
+    truth = truth.astype(str).to_numpy()[scored]
+    t = time.perf_counter()
+    semst.gr.spatial_graph(adata)
+    adj = adata.obsp["spatial_connectivities"]
+    pre = semst.pp.preprocess_arrays(adata.X, adata.var_names)
+    x = pre.X.copy()
+    x.data = np.log1p(x.data)
+    n_comps = min(50, x.shape[1] - 1)
+    pcs = PCA(n_comps, random_state=0).fit_transform(x.toarray())
+    rows = []
+    for hops in (0, 1, 2):
+        feats = semst.tl.smooth_embedding(pcs, adj, hops) if hops else pcs
+        for metric in ("euclidean", "cosine"):
+            labels, _ = semst.tl.cluster_embedding(feats, k, metric=metric, seed=0)
+            voted = semst.tl.smooth_labels(labels, adj)
+            rows.append(
+                {
+                    "dataset": name,
+                    "n_pcs_input": n_comps,
+                    "hops": hops,
+                    "metric": metric,
+                    "ari": adjusted_rand_score(truth, labels[scored]),
+                    "ari_voted": adjusted_rand_score(truth, voted[scored]),
+                    "wall_s_dataset": time.perf_counter() - t,
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=[*DATASETS, LATTICE], choices=[*DATASETS, LATTICE])
+    ap.add_argument("--out", default=None, help="append the records (JSON lines) to this file")
+    args = ap.parse_args()
+    print("| dataset | passes of averaging | metric | ARI | ARI after the label vote |")
+    print("|---|---|---|---|---|")
+    for name in args.datasets:
+        rows = run(name)
+        for r in rows:
+            print(f"| {r['dataset']} | {r['hops']} | {r['metric']} | {r['ari']:.3f} | {r['ari_voted']:.3f} |")
+        if args.out:
+            with open(args.out, "a") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+if __name__ == "__main__":
+    main()
