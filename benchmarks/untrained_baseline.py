@@ -5,10 +5,10 @@ Usage::
     python benchmarks/untrained_baseline.py                       # the three datasets and the 10k lattice
     python benchmarks/untrained_baseline.py --datasets dlpfc_151673 --out results/untrained_baseline.jsonl
 
-For each dataset: the preprocessing ``tl.domains`` runs (``pp.preprocess_arrays``: highly variable genes,
-normalisation, scaling, clipping) and its default ``log1p`` of the scaled matrix; a PCA to 50 components
-(fewer on small panels); 0, 1 or 2 passes of ``tl.smooth_embedding`` over the spatial graph
-``tl.domains`` builds (``gr.spatial_graph`` defaults); the default clustering of ``tl.domains``
+For each dataset: the network's input and spatial graph, built by the same call ``tl.domains`` makes
+(``tl._semst.prepare`` with its defaults: highly variable genes, normalisation, scaling, clipping, then
+``log1p``; the radius graph); a PCA of that input to 50 components (fewer on small panels); 0, 1 or 2
+passes of ``tl.smooth_embedding`` over the spatial graph; the default clustering of ``tl.domains``
 (``tl.cluster_embedding``: Gaussian mixture on 20 PCs, seed 0) in both geometries, then its label vote
 (``tl.smooth_labels``). No training, no labels until scoring; the PCA and the clustering are seeded, so
 the numbers do not depend on a training seed. Compare with ``tl.domains`` on the same data
@@ -22,8 +22,6 @@ import json
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -47,17 +45,15 @@ def run(name: str) -> list[dict]:
     from sklearn.metrics import adjusted_rand_score
 
     import semst_sc as semst
+    from semst_sc.tl._semst import prepare
 
     adata, truth_key, k = _load(name)
-    truth = adata.obs[truth_key]
+    truth = adata.obs.pop(truth_key)  # out of the AnnData before anything reads it
     scored = truth.notna().to_numpy()
     truth = truth.astype(str).to_numpy()[scored]
     t = time.perf_counter()
-    semst.gr.spatial_graph(adata)
-    adj = adata.obsp["spatial_connectivities"]
-    pre = semst.pp.preprocess_arrays(adata.X, adata.var_names)
-    x = pre.X.copy()
-    x.data = np.log1p(x.data)
+    data = prepare(adata)
+    x, adj = data.x, data.adj_spa
     n_comps = min(50, x.shape[1] - 1)
     pcs = PCA(n_comps, random_state=0).fit_transform(x.toarray())
     rows = []
