@@ -68,9 +68,13 @@ def _seurat_v3_hvg(counts: sparse.csr_matrix, genes: pd.Index, n_top: int) -> np
         raise ImportError("Seurat-v3 gene selection needs scikit-misc: `pip install scikit-misc`.") from e
     tmp = AnnData(X=counts, var=pd.DataFrame(index=genes))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # counts were validated as integers already
+        warnings.simplefilter("ignore", UserWarning)
         try:
-            df = sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top, inplace=False)
+            # check_values=False: the counts were validated as non-negative integers already
+            # (get_counts), and scanpy's own check is a full pass over the matrix that only warns
+            df = sc.pp.highly_variable_genes(
+                tmp, flavor="seurat_v3", n_top_genes=n_top, inplace=False, check_values=False
+            )
         except ValueError as e:  # the loess fit of Seurat v3 fails on very few genes
             raise ValueError(
                 f"Seurat-v3 gene selection failed on {genes.size} genes ({e}); with so few genes keep them all: "
