@@ -31,6 +31,16 @@ def load(name: str):
     return ad.read_h5ad(path), truth, k
 
 
+def pop_truth(adata, key: str):
+    """Take the annotation ``obs[key]`` out of ``adata`` before anything reads it: ``(labels, scored)``.
+
+    ``labels`` are the annotated spots' labels as strings, ``scored`` the boolean mask of those spots.
+    """
+    truth = adata.obs.pop(key)
+    scored = truth.notna().to_numpy()
+    return truth.astype(str).to_numpy()[scored], scored
+
+
 def synthetic_tissue(n: int, n_genes: int = 3000):
     """The scaling benchmarks' tissue: ``n`` spots on a square grid (pitch 100) in 5 bands, Poisson counts.
 

@@ -34,7 +34,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import DATASETS, load  # noqa: E402
+from _common import DATASETS, append_jsonl, load, pop_truth  # noqa: E402
 
 
 def _score(feats, k, adj, truth, scored, seeds=range(5)) -> dict:
@@ -42,21 +42,16 @@ def _score(feats, k, adj, truth, scored, seeds=range(5)) -> dict:
 
     import semst_sc as semst
 
+    feats = np.asarray(feats, np.float64)
     out = {}
     for metric in ("cosine", "euclidean"):
         aris = []
         for s in seeds:
-            labels, _ = semst.tl.cluster_embedding(np.asarray(feats, np.float64), k, metric=metric, seed=s)
+            labels, _ = semst.tl.cluster_embedding(feats, k, metric=metric, seed=s)
             voted = semst.tl.smooth_labels(labels, adj)
             aris.append(adjusted_rand_score(truth, voted[scored]))
         out[metric] = (float(np.mean(aris)), float(np.std(aris)))
     return out
-
-
-def _truth(adata, key):
-    truth = adata.obs.pop(key)  # out of the AnnData before anything reads it
-    scored = truth.notna().to_numpy()
-    return truth.astype(str).to_numpy()[scored], scored
 
 
 def stages(name: str, seed: int, with_input: bool) -> list[dict]:
@@ -66,7 +61,7 @@ def stages(name: str, seed: int, with_input: bool) -> list[dict]:
     from semst_sc.tl._semst import SemST
 
     adata, key, k = load(name)
-    truth, scored = _truth(adata, key)
+    truth, scored = pop_truth(adata, key)
     model = SemST(adata, fusion="none", seed=seed)
     mod = model.module.eval()
     d = _prepare(model._inputs(), mod, torch.device("cpu"), with_target=False)
@@ -78,9 +73,9 @@ def stages(name: str, seed: int, with_input: bool) -> list[dict]:
             st["x"] = x
             st["A_spa x"] = a_spa @ x
         g = mod.gcn_spa
-        s = x @ g.layer1.weight
+        s = g.layer1.transform(x)
         st["x W1"] = s
-        pre = a_spa @ s + g.layer1.bias
+        pre = g.layer1.propagate(s, a_spa)
         st["A_spa x W1 + b"] = pre
         st["ReLU"] = torch.relu(pre)
         z, h_spa, h_fea = mod.encode(d.x, a_spa, a_fea, None)
@@ -133,7 +128,7 @@ def train(name: str, seed: int, init: str) -> dict:
     from semst_sc.tl._semst import SemST
 
     adata, key, k = load(name)
-    truth, scored = _truth(adata, key)
+    truth, scored = pop_truth(adata, key)
     t = time.perf_counter()
     model = SemST(adata, fusion="none", seed=seed)
     used = pca_first_layer(model, seed) if init == "pca" else "glorot"
@@ -173,9 +168,7 @@ def main() -> None:
             else:
                 rows = [train(name, seed, args.init)]
                 print(json.dumps(rows[0]), flush=True)
-            if args.out:
-                with open(args.out, "a") as fh:
-                    fh.writelines(json.dumps(r) + "\n" for r in rows)
+            append_jsonl(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ the numbers do not depend on a training seed. Compare with ``tl.domains`` on the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "peers"))
-from _common import DATASETS, load  # noqa: E402
+from _common import DATASETS, append_jsonl, load, pop_truth  # noqa: E402
 
 LATTICE = "synth_10000"
 
@@ -48,9 +47,7 @@ def run(name: str) -> list[dict]:
     from semst_sc.tl._semst import prepare
 
     adata, truth_key, k = _load(name)
-    truth = adata.obs.pop(truth_key)  # out of the AnnData before anything reads it
-    scored = truth.notna().to_numpy()
-    truth = truth.astype(str).to_numpy()[scored]
+    truth, scored = pop_truth(adata, truth_key)
     t = time.perf_counter()
     data = prepare(adata)
     x, adj = data.x, data.adj_spa
@@ -87,9 +84,7 @@ def main() -> None:
         rows = run(name)
         for r in rows:
             print(f"| {r['dataset']} | {r['hops']} | {r['metric']} | {r['ari']:.3f} | {r['ari_voted']:.3f} |")
-        if args.out:
-            with open(args.out, "a") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in rows)
+        append_jsonl(args.out, rows)
 
 
 if __name__ == "__main__":

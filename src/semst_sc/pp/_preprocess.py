@@ -68,7 +68,7 @@ def _seurat_v3_hvg(counts: sparse.csr_matrix, genes: pd.Index, n_top: int) -> np
         raise ImportError("Seurat-v3 gene selection needs scikit-misc: `pip install scikit-misc`.") from e
     tmp = AnnData(X=counts, var=pd.DataFrame(index=genes))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", UserWarning)  # scanpy's notes on a throwaway object, not the user's
         try:
             # check_values=False: the counts were validated as non-negative integers already
             # (get_counts), and scanpy's own check is a full pass over the matrix that only warns
