@@ -30,8 +30,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "peers"))
 import synth  # noqa: E402
+from _common import append_jsonl  # noqa: E402
 
 
 def _pair_report(z: np.ndarray, truth: np.ndarray) -> dict:
@@ -86,9 +88,7 @@ def main() -> None:
     for seed in args.seeds:
         rec = run(args.spots, seed)
         print(json.dumps(rec), flush=True)
-        if args.out:
-            with open(args.out, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
+        append_jsonl(args.out, [rec])
 
 
 if __name__ == "__main__":
