@@ -535,3 +535,29 @@ def test_semst_module_precision_option():
     assert snn.SemSTModule.from_config(old).precision == "float32"
     with pytest.raises(ValueError, match="'float32', 'bfloat16'"):
         snn.SemSTModule(12, 9, precision="half")
+
+
+def test_zinb_workspace_reuses_a_larger_buffer_and_alternating_blocks_match_fresh_buffers():
+    """Row blocks of unequal size (1464 / 1465 rows in training) share one buffer; the loss is unchanged."""
+    from semst_sc.nn._zinb import ZINBTarget, _Workspace
+
+    ws = _Workspace()
+    like = torch.zeros(1)
+    big = ws.get("logits", (5, 6), like)
+    small = ws.get("logits", (4, 6), like)
+    assert small.data_ptr() == big.data_ptr() and small.shape == (4, 6) and small.is_contiguous()
+    again = ws.get("logits", (6, 6), like)  # larger than held: a new buffer
+    assert again.shape == (6, 6) and again.numel() == 36
+
+    torch.manual_seed(0)
+    dec = snn.ZINBDecoder(latent=4, hidden=8, n_genes=7)
+    counts = torch.poisson(torch.full((9, 7), 1.5))
+    h = torch.randn(9, 8)
+    losses = []
+    for rows in (slice(0, 4), slice(4, 9), slice(0, 4)):  # 4, 5, then 4 rows again
+        target = ZINBTarget(counts[rows])
+        losses.append(dec.nll(h[rows], target).item())
+        fresh = snn.ZINBDecoder(latent=4, hidden=8, n_genes=7)
+        fresh.load_state_dict(dec.state_dict())
+        assert dec.nll(h[rows], target).item() == fresh.nll(h[rows], target).item()
+    assert losses[0] == losses[2]
