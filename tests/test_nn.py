@@ -539,7 +539,7 @@ def test_semst_module_precision_option():
 
 def test_zinb_workspace_reuses_a_larger_buffer_and_alternating_blocks_match_fresh_buffers():
     """Row blocks of unequal size (1464 / 1465 rows in training) share one buffer; the loss is unchanged."""
-    from semst_sc.nn._zinb import ZINBTarget, _Workspace
+    from semst_sc.nn._zinb import _Workspace
 
     ws = _Workspace()
     like = torch.zeros(1)
@@ -555,7 +555,7 @@ def test_zinb_workspace_reuses_a_larger_buffer_and_alternating_blocks_match_fres
     h = torch.randn(9, 8)
     losses = []
     for rows in (slice(0, 4), slice(4, 9), slice(0, 4)):  # 4, 5, then 4 rows again
-        target = ZINBTarget(counts[rows])
+        target = snn.ZINBTarget(counts[rows])
         losses.append(dec.nll(h[rows], target).item())
         fresh = snn.ZINBDecoder(latent=4, hidden=8, n_genes=7)
         fresh.load_state_dict(dec.state_dict())
