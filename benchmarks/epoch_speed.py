@@ -13,10 +13,10 @@ that a reader can judge. The "naive" rows are the straightforward formulations (
 the autograd ZINB formula over the full N x M matrices; the reference's dense N x N spatial loss) for
 comparison: they are NOT used by semst-sc.
 
-The real datasets' inputs are the ones ``semst.tl.domains`` trains on: ``tl._semst.prepare`` with its
-defaults (2000 highly variable genes, the radius spatial graph, the cosine feature graph). The ZINB loss is
-timed on the whole target and on one block of ``zinb_fraction`` of the spots, which is what a training
-epoch reconstructs. The language-model input is a random 384-wide matrix (MiniLM width): only its cost
+The real datasets' inputs are the ones ``semst.tl.domains`` trains on, built by ``tl._semst.SemST`` with
+its defaults (2000 highly variable genes, the radius spatial graph, the cosine feature graph). The ZINB
+loss is timed on the whole target and on one block of ``zinb_fraction`` of the spots, which is what a
+training epoch reconstructs. The language-model input is a random 384-wide matrix (MiniLM width): only its cost
 matters here. The synthetic tissue is a random sparse matrix (3000 genes, 19 % non-zero) on a grid with a
 56-NN spatial graph, as many neighbours as DLPFC's radius graph.
 """
@@ -40,29 +40,30 @@ from semst_sc import nn as snn
 from semst_sc._constants import Default
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATASETS
+from _common import DATASETS, load, pop_truth
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
 def dataset_inputs(name: str) -> tuple[tr.TrainInputs, str]:
-    """The inputs ``tl.domains`` trains on for one of the real datasets (annotation removed first)."""
-    from _common import load, pop_truth
+    """The inputs ``tl.domains`` trains on for one of the real datasets (annotation removed first).
 
-    from semst_sc.tl._semst import prepare
+    Built by ``tl._semst.SemST``, the object ``tl.domains`` trains, with a random 384-wide ``X_llm`` so that
+    the FSM rows have a language-model input; its own module is not used here.
+    """
+    from semst_sc._constants import Key
+    from semst_sc.tl._semst import SemST
 
     adata, truth_key, _ = load(name)
     pop_truth(adata, truth_key)  # never read here; removed so that nothing could
-    d = prepare(adata)
+    adata.obsm[Key.obsm.llm] = np.random.default_rng(0).normal(size=(adata.n_obs, 384)).astype(np.float32)
+    model = SemST(adata, seed=0)
+    d = model.data
     x = d.x
-    h = np.random.default_rng(0).normal(size=(x.shape[0], 384)).astype(np.float32)
     desc = (
         f"{name}: {x.shape[0]} spots x {x.shape[1]} genes, x {100 * x.nnz / np.prod(x.shape):.1f} % non-zero, "
         f"{d.adj_spa.nnz / x.shape[0]:.1f} spatial / {d.adj_fea.nnz / x.shape[0]:.1f} feature neighbours per spot"
     )
-    inputs = tr.TrainInputs(
-        x, d.adj_spa, d.adj_fea, d.target, d.adj_spa, h_llm=h, size_factors=d.size_factors
-    )
-    return inputs, desc
+    return model._inputs(), desc
 
 
 def synthetic_inputs(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -91,15 +92,15 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name in args.datasets:
         rows = run(name, args.seeds)
-        for hops in (0, 1, 2):
-            for metric in ("euclidean", "cosine"):
-                rs = [r for r in rows if r["hops"] == hops and r["metric"] == metric]
-                a = np.array([r["ari"] for r in rs])
-                v = np.array([r["ari_voted"] for r in rs])
-                print(
-                    f"| {name} | {hops} | {metric} | {len(rs)} | {a.mean():.3f} +- {a.std():.3f} | "
-                    f"{v.mean():.3f} +- {v.std():.3f} | {', '.join(f'{x:.3f}' for x in v)} |"
-                )
+        # run() gives the seeds of one (hops, metric) variant next to each other
+        for (hops, metric), group in groupby(rows, key=lambda r: (r["hops"], r["metric"])):
+            rs = list(group)
+            a = np.array([r["ari"] for r in rs])
+            v = np.array([r["ari_voted"] for r in rs])
+            print(
+                f"| {name} | {hops} | {metric} | {len(rs)} | {a.mean():.3f} +- {a.std():.3f} | "
+                f"{v.mean():.3f} +- {v.std():.3f} | {', '.join(f'{x:.3f}' for x in v)} |"
+            )
         append_jsonl(args.out, rows)
 
 
