@@ -476,6 +476,36 @@ def test_semst_module_sparse_x_equals_dense_x_and_decode_flag():
     torch.testing.assert_close(o1.z, o2.z)
 
 
+def test_propagated_input_gives_the_same_embedding_and_gradients():
+    """(A X) W computed from A X made once is A (X W): same output and parameter gradients, dense or sparse x."""
+    torch.manual_seed(0)
+    x, a_spa, a_fea, h, edges = _module_inputs()
+    mod = snn.SemSTModule(12, 9, hidden=16, latent=8).double()
+    a_spa, a_fea, h = a_spa.double(), a_fea.double(), h.double()
+    xd = x.double()
+    xs = snn.scipy_to_torch_csr(sp.csr_matrix(xd.numpy()), dtype=torch.float64)
+    prop = mod.propagate_input(xs, a_spa, a_fea)
+    assert prop is not None and all(p.layout == torch.strided for p in prop)
+    torch.testing.assert_close(prop[0], torch.from_numpy(_dense(a_spa) @ xd.numpy()))
+
+    def grads(**kw):
+        mod.zero_grad()
+        out = mod(xd, a_spa, a_fea, h, decode=False, **kw)
+        total, _ = mod.loss(out, xd, edges, generator=torch.Generator().manual_seed(0))
+        total.backward()
+        return out.z.detach(), [p.grad.clone() for p in mod.parameters()]
+
+    z1, g1 = grads()
+    z2, g2 = grads(x_propagated=prop)
+    torch.testing.assert_close(z1, z2)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match=r"x_propagated\[1\]"):
+        mod.encode(xd, a_spa, a_fea, h, x_propagated=(prop[0], prop[1][:5]))
+    # wider panels than the hidden layer: no propagated copy (it would outgrow the network's own tensors)
+    assert snn.SemSTModule(12, 9, hidden=8, latent=8).propagate_input(x, a_spa.float(), a_fea.float()) is None
+
+
 def test_semst_module_config_roundtrip_and_errors():
     mod = snn.SemSTModule(12, None, hidden=16, latent=8, fusion="none", decoder="counts")
     clone = snn.SemSTModule.from_config(mod.config)

@@ -137,6 +137,30 @@ def test_training_is_bitwise_deterministic_on_cpu():
     assert not np.array_equal(embs[0], tr.embed(other, inputs, device="cpu"))
 
 
+def test_narrow_panels_train_on_the_input_propagated_once(monkeypatch):
+    """n_genes <= hidden: the loop reads adj @ x made once; the same training as propagating x @ W each epoch."""
+    inputs, _ = _inputs(llm_dim=None)
+    assert (
+        tr._prepare(inputs, _module(llm_dim=None), torch.device("cpu"), with_target=False).x_propagated
+        is None
+    )
+
+    def run():
+        tr.seed_everything(3)
+        mod = SemSTModule(40, None, hidden=48, latent=16, fusion="none")
+        hist = tr.train(mod, inputs, n_epochs=6, device="cpu", seed=3, progress=False)
+        return mod, hist, tr.embed(mod, inputs, device="cpu")
+
+    mod, hist, emb = run()
+    data = tr._prepare(inputs, mod, torch.device("cpu"), with_target=False)
+    assert data.x_propagated is not None and data.x_propagated[0].shape == (300, 40)
+    monkeypatch.setattr(SemSTModule, "propagate_input", lambda self, x, a, b: None)  # the per-epoch products
+    _, hist_plain, emb_plain = run()
+    np.testing.assert_allclose(hist["loss"], hist_plain["loss"], rtol=1e-4)
+    np.testing.assert_allclose(emb, emb_plain, rtol=1e-3, atol=1e-4)
+    assert not np.array_equal(emb, emb_plain)  # the two paths really differ (in the order of float sums)
+
+
 def test_training_restores_deterministic_flag():
     before = torch.are_deterministic_algorithms_enabled()
     fill_before = torch.utils.deterministic.fill_uninitialized_memory

@@ -262,6 +262,7 @@ class _DeviceInputs:
     cols: torch.Tensor
     h_llm: torch.Tensor | None
     size_factors: torch.Tensor | None
+    x_propagated: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def _x_to_torch(x, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -292,9 +293,15 @@ def _prepare(
         sf = torch.as_tensor(np.asarray(inputs.size_factors, dtype=np.float32).reshape(-1), device=device)
     target = ZINBTarget(inputs.target, device=device, dtype=dtype) if with_target else None
     x = _x_to_torch(inputs.x, device, dtype)
-    if module._matmul_dtype is not None and x.layout == torch.strided:
+    # adj @ x once, where the panel is narrow enough (SemSTModule.propagate_input): the first GCN layers
+    # then skip a sparse product per forward and backward
+    x_prop = module.propagate_input(x, adj_spa, adj_fea)
+    low = module._matmul_dtype
+    if low is not None and x.layout == torch.strided:
         # the input is constant: round it once here rather than in SemSTModule.encode at every epoch
-        x = x.to(module._matmul_dtype)
+        x = x.to(low)
+    if low is not None and x_prop is not None:
+        x_prop = (x_prop[0].to(low), x_prop[1].to(low))
     return _DeviceInputs(
         x,
         adj_spa,
@@ -304,6 +311,7 @@ def _prepare(
         cols.to(device),
         h,
         sf,
+        x_prop,
     )
 
 
@@ -526,7 +534,15 @@ def train(
             for epoch in bar:
                 t0 = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
-                out = module(data.x, data.adj_spa, data.adj_fea, data.h_llm, data.size_factors, decode=False)
+                out = module(
+                    data.x,
+                    data.adj_spa,
+                    data.adj_fea,
+                    data.h_llm,
+                    data.size_factors,
+                    decode=False,
+                    x_propagated=data.x_propagated,
+                )
                 block_idx, block_target = blocks[epoch % len(blocks)] if blocks else (None, data.target)
                 total, parts = module.loss(
                     out,
@@ -585,7 +601,9 @@ def embed(module: SemSTModule, inputs: TrainInputs, device: str | torch.device |
     data = _prepare(inputs, module, dev, with_target=False)
     module.eval()
     try:
-        z, _, _ = module.encode(data.x, data.adj_spa, data.adj_fea, data.h_llm)
+        z, _, _ = module.encode(
+            data.x, data.adj_spa, data.adj_fea, data.h_llm, x_propagated=data.x_propagated
+        )
     finally:
         module.train(was_training)
     return z.detach().cpu().numpy().astype(np.float32, copy=False)
