@@ -168,6 +168,25 @@ def test_training_restores_deterministic_flag():
     tr.train(_module(), inputs, n_epochs=1, device="cpu", progress=False)
     assert torch.are_deterministic_algorithms_enabled() == before
     assert torch.utils.deterministic.fill_uninitialized_memory == fill_before
+    seen = []
+
+    def during(epoch, parts):
+        seen.append(
+            (
+                torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+            )
+        )
+
+    prev = torch.get_deterministic_debug_mode()
+    try:
+        for mode in (0, 1, 2):  # off, warn, error: each restored after training
+            torch.set_deterministic_debug_mode(mode)
+            tr.train(_module(), inputs, n_epochs=1, device="cpu", progress=False, callback=during)
+            assert torch.get_deterministic_debug_mode() == mode
+    finally:
+        torch.set_deterministic_debug_mode(prev)
+    assert seen == [(True, True)] * 3  # deterministic algorithms, warning where one has none
 
 
 @pytest.mark.parametrize("zinb_fraction", [1.0, 0.5])
