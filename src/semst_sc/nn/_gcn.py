@@ -192,8 +192,11 @@ class GCN(nn.Module):
 
         Lets a caller compute ``x @ [W_a | W_b]`` once for two GCNs that read the same ``x``.
         """
-        h = F.relu(self.layer1.propagate(support, adj), inplace=True)  # on a fresh tensor: one less copy
-        h = F.dropout(h, self.dropout, training=self.training)
+        return self._after_layer1(self.layer1.propagate(support, adj), adj)
+
+    def _after_layer1(self, h: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        """ReLU (in place: ``h`` is a fresh tensor, one less copy), dropout, second layer."""
+        h = F.dropout(F.relu(h, inplace=True), self.dropout, training=self.training)
         return self.layer2(h, adj)
 
     def forward_from_propagated(self, ax: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
@@ -210,9 +213,7 @@ class GCN(nn.Module):
             support = ax @ w
         if self.layer1.bias is not None:
             support = support.add_(self.layer1.bias)
-        h = F.relu(support, inplace=True)
-        h = F.dropout(h, self.dropout, training=self.training)
-        return self.layer2(h, adj)
+        return self._after_layer1(support, adj)
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
         """(N x in) features and an (N x N) normalised adjacency -> (N x out)."""

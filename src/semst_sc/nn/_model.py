@@ -195,20 +195,19 @@ class SemSTModule(nn.Module):
                     raise ValueError(f"`{name}` must be {tuple(x.shape)} like `x`, got {tuple(a.shape)}.")
             h_spa = self.gcn_spa.forward_from_propagated(ax_spa, adj_spa)
             h_fea = self.gcn_fea.forward_from_propagated(ax_fea, adj_fea)
-            z = self.fusion(torch.cat([h_spa, h_fea], dim=1), h_llm)
-            return z, h_spa, h_fea
-        # x @ [W_spa | W_fea] once for both branches
-        w = torch.cat([self.gcn_spa.layer1.weight, self.gcn_fea.layer1.weight], dim=1)
-        low = self._matmul_dtype
-        if low is not None and x.layout == torch.strided:
-            support = (x.to(low) @ w.to(low)).float()  # x.to is free when the caller rounded x already
         else:
-            support = feature_matmul(x, w)
-        # split, not two slices: its backward joins the two gradients in one copy, where each slice's
-        # backward would fill an N x 2 hidden matrix of zeros and the two would then be added
-        s_spa, s_fea = support.split(self.hidden, dim=1)
-        h_spa = self.gcn_spa.forward_from_support(s_spa.contiguous(), adj_spa)
-        h_fea = self.gcn_fea.forward_from_support(s_fea.contiguous(), adj_fea)
+            # x @ [W_spa | W_fea] once for both branches
+            w = torch.cat([self.gcn_spa.layer1.weight, self.gcn_fea.layer1.weight], dim=1)
+            low = self._matmul_dtype
+            if low is not None and x.layout == torch.strided:
+                support = (x.to(low) @ w.to(low)).float()  # x.to is free when the caller rounded x already
+            else:
+                support = feature_matmul(x, w)
+            # split, not two slices: its backward joins the two gradients in one copy, where each slice's
+            # backward would fill an N x 2 hidden matrix of zeros and the two would then be added
+            s_spa, s_fea = support.split(self.hidden, dim=1)
+            h_spa = self.gcn_spa.forward_from_support(s_spa.contiguous(), adj_spa)
+            h_fea = self.gcn_fea.forward_from_support(s_fea.contiguous(), adj_fea)
         z = self.fusion(torch.cat([h_spa, h_fea], dim=1), h_llm)
         return z, h_spa, h_fea
 
