@@ -6,6 +6,7 @@ Nothing here imports torch, so the command line can use the checks while it pars
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,22 @@ from typing import Any
 import numpy as np
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def import_squidpy():
+    """Import squidpy without the two ``SyntaxWarning`` lines its import prints.
+
+    squidpy 1.8's docstrings name parameters (``n_jobs``, ``show_progress_bar``) that ``docrep`` cannot find,
+    and ``docrep`` reports each as a ``SyntaxWarning`` at import time, on every fresh interpreter: noise for a
+    user, about squidpy's documentation, in the middle of our output. Only those warnings are silenced, and
+    only during the import; the user's own filters are restored afterwards.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is not a valid key", category=SyntaxWarning)
+        import squidpy
+
+    return squidpy
+
 
 #: Stored values handled per block by :func:`row_blocks` (temporaries of a block stay at a few tens of MB).
 BLOCK_NNZ = 1 << 22

@@ -13,7 +13,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import Key
-from .._utils import user_stacklevel
+from .._utils import import_squidpy, user_stacklevel
 
 _POSITION_FILES = ("tissue_positions.csv", "tissue_positions_list.csv")
 _IMAGES = ("tissue_hires_image.png", "tissue_lowres_image.png")
@@ -116,7 +116,7 @@ def read_visium(
     ``obs['array_col']``, ``obs['in_tissue']``; ``uns['spatial'][library_id]`` holds the scale factors
     (and the images).
     """
-    import squidpy as sq
+    sq = import_squidpy()
 
     folder = Path(path).expanduser()
     if not folder.is_dir():

@@ -35,7 +35,7 @@ from scipy.spatial import cKDTree
 
 from .._constants import SPATIAL_MODES, Default, Key
 from .._docs import inject_docs
-from .._utils import user_stacklevel
+from .._utils import import_squidpy, user_stacklevel
 from .._validation import check_anndata, check_choice, check_n_neighbors, check_spatial
 
 #: Default radius, in median nearest-neighbour distances (see the module docstring).
@@ -175,7 +175,7 @@ def _squidpy_graph(
     coords: np.ndarray, codes: np.ndarray, *, radius: float | None, n_neighbors: int | None
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix, dict[str, Any]]:
     """Run squidpy on a throwaway AnnData holding only the coordinates (and the slice of each spot)."""
-    import squidpy as sq
+    sq = import_squidpy()
 
     light = AnnData(
         obs=pd.DataFrame({"library": pd.Categorical(codes)}, index=pd.RangeIndex(codes.size).astype(str)),

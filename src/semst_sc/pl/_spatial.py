@@ -13,6 +13,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .._constants import Key
+from .._utils import import_squidpy
 from ._palette import NA_COLOR, default_colors, ensure_colors, spare_colors
 from ._utils import as_key_list, check_adata, check_color, check_obs, check_obsm, finish
 
@@ -37,7 +38,7 @@ def _scatter(
     kwargs: dict[str, Any],
 ) -> list[Axes]:
     """Call :func:`squidpy.pl.spatial_scatter` with our defaults; returns the axes as a list."""
-    import squidpy as sq
+    sq = import_squidpy()
 
     if "shape" in kwargs:
         shape = kwargs.pop("shape")
