@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import sys
 import time
 from pathlib import Path
@@ -67,6 +66,7 @@ def run(name: str, fraction: float, seed: int) -> dict:
 
     import semst_sc as semst
     from semst_sc._constants import Key
+    from semst_sc.tl._semst import _processor_name
 
     adata, truth_key, k = load(name)
     truth, scored = pop_truth(adata, truth_key)
@@ -84,7 +84,7 @@ def run(name: str, fraction: float, seed: int) -> dict:
         "wall_s": wall,
         "degree_before": deg_before,
         "degree_after": deg_after,
-        "processor": platform.processor() or platform.machine(),
+        "processor": _processor_name(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "date": str(datetime.date.today()),
