@@ -200,9 +200,21 @@ def test_blockwise_preprocessing_equals_one_block(monkeypatch):
 
 def test_too_few_genes_for_seurat_v3_is_explained():
     adata = _counts(n_obs=40, n_vars=6)
-    with pytest.raises(ValueError, match="keep them all: n_top_genes=6 or more"):
+    with pytest.raises(
+        ValueError, match=r"40 spots x 6 genes .* Keep every gene instead \(n_top_genes=6 or more\)"
+    ):
         semst.pp.preprocess(adata, n_top_genes=3, min_cells=1)
     assert Key.layers.scaled not in adata.layers
+
+
+def test_too_few_spots_for_seurat_v3_is_explained():
+    # 20 spots of the real demo slice: the loess fit fails for want of spots, not of genes
+    adata = semst.datasets.demo()[:20].copy()
+    with pytest.raises(ValueError, match=r"on 20 spots x \d+ genes \((?!b').*or give it more spots"):
+        semst.pp.preprocess(adata)
+    assert Key.layers.scaled not in adata.layers
+    semst.pp.preprocess(adata, n_top_genes=adata.n_vars)  # the advice works
+    assert Key.layers.scaled in adata.layers
 
 
 def test_bad_parameters():

@@ -357,6 +357,14 @@ def test_failing_public_calls_leave_adata_unchanged(name, make, call, error):
     assert_equal(adata, before)
 
 
+def test_domains_on_fewer_spots_than_feature_neighbours_names_its_parameter():
+    adata = _adata(n_obs=12)
+    before = adata.copy()
+    with pytest.raises(ValueError, match=r"only 12 spots.*\(n_feature_neighbors <= 11\)"):
+        semst.tl.domains(adata, n_domains=2, n_epochs=1, progress=False)
+    assert_equal(adata, before)
+
+
 def test_view_refused_by_public_functions():
     adata = _adata()
     view = adata[:30]

@@ -79,7 +79,7 @@ def check_n_hops(value: Any, name: str) -> int:
     return int(value)
 
 
-def check_n_neighbors(n_obs: int, k: Any, what: str) -> int:
+def check_n_neighbors(n_obs: int, k: Any, what: str, param: str = "n_neighbors") -> int:
     """Check a neighbour count ``k`` against the number of spots ``n_obs``.
 
     Parameters
@@ -90,6 +90,8 @@ def check_n_neighbors(n_obs: int, k: Any, what: str) -> int:
         Requested number of neighbours.
     what
         What the neighbours are for, used in the message (``'the feature graph'``).
+    param
+        The caller's name for ``k``, which the message tells the user to lower.
 
     Returns
     -------
@@ -103,7 +105,7 @@ def check_n_neighbors(n_obs: int, k: Any, what: str) -> int:
     if n_obs <= k:
         raise ValueError(
             f"{what} asks for {k} neighbours per spot but there are only {n_obs} spots; it needs at least "
-            f"{k + 1}. Use fewer neighbours (n_neighbors <= {max(n_obs - 1, 0)}) or more spots."
+            f"{k + 1}. Use fewer neighbours ({param} <= {max(n_obs - 1, 0)}) or more spots."
         )
     return k
 

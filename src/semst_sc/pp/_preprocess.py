@@ -75,10 +75,12 @@ def _seurat_v3_hvg(counts: sparse.csr_matrix, genes: pd.Index, n_top: int) -> np
             df = sc.pp.highly_variable_genes(
                 tmp, flavor="seurat_v3", n_top_genes=n_top, inplace=False, check_values=False
             )
-        except ValueError as e:  # the loess fit of Seurat v3 fails on very few genes
+        except ValueError as e:  # the loess fit of Seurat v3 fails on very few genes or very few spots
+            why = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
             raise ValueError(
-                f"Seurat-v3 gene selection failed on {genes.size} genes ({e}); with so few genes keep them all: "
-                f"n_top_genes={genes.size} or more."
+                f"Seurat-v3 gene selection failed on {counts.shape[0]} spots x {genes.size} genes ({why}): its "
+                "loess fit of each gene's variance against its mean needs more spots or more genes than these. "
+                f"Keep every gene instead (n_top_genes={genes.size} or more), or give it more spots."
             ) from e
     return df["highly_variable"].to_numpy(dtype=bool)
 

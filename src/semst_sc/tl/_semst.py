@@ -21,7 +21,14 @@ from scanpy import logging as logg
 
 from .._constants import BACKENDS, FUSIONS, GCN_NORMS, PRECISIONS, Default, Key
 from .._utils import block_rows, row_blocks, user_stacklevel
-from .._validation import check_anndata, check_choice, check_obsm, check_spatial, get_counts
+from .._validation import (
+    check_anndata,
+    check_choice,
+    check_n_neighbors,
+    check_obsm,
+    check_spatial,
+    get_counts,
+)
 
 DECODERS = ("faithful", "counts")
 
@@ -247,6 +254,8 @@ def prepare(
     check_anndata(adata, fn="semst.tl.domains")
     check_spatial(adata, spatial_key)
     check_choice("decoder", decoder, DECODERS)
+    if feature_key not in adata.obsp:  # before the preprocessing, so that a tiny input fails at once
+        check_n_neighbors(adata.n_obs, n_feature_neighbors, "the feature graph", param="n_feature_neighbors")
     h_llm = None
     if llm_key is not None and llm_key in adata.obsm:
         h_llm = check_obsm(adata, llm_key, n_obs=adata.n_obs, made_by="semst.tl.semantic_embedding")
