@@ -370,6 +370,29 @@ def test_missing_record_say_what_to_run():
         semst.pl.domain_selection(a)
 
 
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda a, **kw: semst.pl.spatial(a, **kw),
+        lambda a, **kw: semst.pl.compare(a, TRUTH, **kw),
+        lambda a, **kw: semst.pl.loss(a, **kw),
+        lambda a, **kw: semst.pl.domain_selection(a, **kw),
+    ],
+    ids=["spatial", "compare", "loss", "domain_selection"],
+)
+def test_show_means_what_it_means_in_scanpy(adata, draw, monkeypatch):
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(1))  # headless: count the calls
+    axes = draw(adata, show=False)  # scanpy's show=False: the axes come back, nothing is shown
+    expected = draw(adata, return_ax=True)
+    assert type(axes) is type(expected) and axes is not None
+    assert shown == []
+    assert draw(adata) is None and shown == []
+    assert draw(adata, show=True) is None and shown == [1]
+    with pytest.raises(TypeError, match="show must be True, False or None"):
+        draw(adata, show="yes")
+
+
 def test_bad_arguments():
     a = _small()
     with pytest.raises(KeyError, match=r"neither a column of adata\.obs nor a gene"):

@@ -48,6 +48,9 @@ PARAMS: dict[str, str] = {
     ``{Default.target_sum:g}``.""",
     "max_value": f"""max_value
     Clip the scaled values at this value; ``None`` disables clipping. Defaults to ``{Default.scale_max:g}``.""",
+    "show": """show
+    Scanpy's switch, for code written for ``scanpy.pl``: ``True`` calls :func:`matplotlib.pyplot.show`,
+    ``False`` returns the axes as ``return_ax=True`` does. ``None`` (the default) does neither.""",
 }
 
 

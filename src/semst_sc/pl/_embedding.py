@@ -14,6 +14,7 @@ from matplotlib.axes import Axes
 from scanpy import logging as logg
 
 from .._constants import Key
+from .._docs import inject_docs
 from ._palette import ensure_colors
 from ._utils import as_key_list, check_adata, check_color, check_obsm, finish
 
@@ -68,6 +69,7 @@ def _umap(adata: AnnData, basis: str, key_added: str, n_neighbors: int, seed: in
     return coords
 
 
+@inject_docs()
 def embedding(
     adata: AnnData,
     *,
@@ -79,6 +81,7 @@ def embedding(
     key_added: str | None = None,
     ax: Axes | None = None,
     return_ax: bool = False,
+    show: bool | None = None,
     save: str | Path | None = None,
     title: str | Sequence[str] | None = None,
     **kwargs: Any,
@@ -110,6 +113,7 @@ def embedding(
         Axes to draw into (only with a single panel); a new figure is made when ``None``.
     return_ax
         Return the axes (one, or a list of one per panel) instead of ``None``.
+    {show}
     save
         Path of a file to write the figure to; the format follows the extension.
     title
@@ -156,4 +160,6 @@ def embedding(
     for a in axes:
         a.set_xlabel("UMAP1")
         a.set_ylabel("UMAP2")
-    return finish(axes[0].figure, axes[0] if len(axes) == 1 else axes, save=save, return_ax=return_ax)
+    return finish(
+        axes[0].figure, axes[0] if len(axes) == 1 else axes, save=save, return_ax=return_ax, show=show
+    )

@@ -13,6 +13,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .._constants import Key
+from .._docs import inject_docs
 from .._utils import import_squidpy
 from ._palette import NA_COLOR, default_colors, ensure_colors, spare_colors
 from ._utils import as_key_list, check_adata, check_color, check_obs, check_obsm, finish
@@ -99,6 +100,7 @@ def _scatter(
     return axes
 
 
+@inject_docs()
 def spatial(
     adata: AnnData,
     color: str | Sequence[str] = Key.obs.domain,
@@ -107,6 +109,7 @@ def spatial(
     library_id: str | Sequence[str] | None = None,
     ax: Axes | Sequence[Axes] | None = None,
     return_ax: bool = False,
+    show: bool | None = None,
     save: str | Path | None = None,
     title: str | Sequence[str] | None = None,
     palette: Any = None,
@@ -139,6 +142,7 @@ def spatial(
         Axes to draw into: one per panel. A new figure is made when ``None``.
     return_ax
         Return the axes instead of ``None``.
+    {show}
     save
         Path of a file to write the figure to; the format follows the extension (``.png``, ``.pdf``, ...).
     title
@@ -181,7 +185,9 @@ def spatial(
         size=size,
         kwargs=kwargs,
     )
-    return finish(axes[0].figure, axes[0] if len(axes) == 1 else axes, save=save, return_ax=return_ax)
+    return finish(
+        axes[0].figure, axes[0] if len(axes) == 1 else axes, save=save, return_ax=return_ax, show=show
+    )
 
 
 def _labels(col: pd.Series) -> pd.Categorical:
@@ -223,6 +229,7 @@ def matched_colors(
     return colors, {k: mapping[k] for k in pred.categories if k in mapping}
 
 
+@inject_docs()
 def compare(
     adata: AnnData,
     truth_key: str,
@@ -232,6 +239,7 @@ def compare(
     library_id: str | Sequence[str] | None = None,
     ax: Sequence[Axes] | None = None,
     return_ax: bool = False,
+    show: bool | None = None,
     save: str | Path | None = None,
     title: Sequence[str] | None = None,
     size: float | None = None,
@@ -263,6 +271,7 @@ def compare(
         Two axes to draw into (annotation, prediction). A new figure is made when ``None``.
     return_ax
         Return the two axes instead of ``None``.
+    {show}
     save
         Path of a file to write the figure to; the format follows the extension.
     title
@@ -325,4 +334,4 @@ def compare(
         size=size,
         kwargs=kwargs,
     )
-    return finish(axes[0].figure, axes, save=save, return_ax=return_ax)
+    return finish(axes[0].figure, axes, save=save, return_ax=return_ax, show=show)

@@ -10,6 +10,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .._constants import Key
+from .._docs import inject_docs
 from ._palette import SEMST_PALETTE
 from ._utils import check_adata, finish, new_axes, semst_result
 
@@ -42,6 +43,7 @@ def _history(rec: Mapping, key: str) -> dict[str, np.ndarray]:
     return out
 
 
+@inject_docs()
 def loss(
     adata: AnnData,
     key: str = Key.uns.semst,
@@ -50,6 +52,7 @@ def loss(
     log: bool | None = None,
     ax: Axes | None = None,
     return_ax: bool = False,
+    show: bool | None = None,
     save: str | Path | None = None,
     title: str | None = None,
 ) -> Axes | None:
@@ -73,6 +76,7 @@ def loss(
         Axes to draw into; a new figure is made when ``None``.
     return_ax
         Return the axes instead of ``None``.
+    {show}
     save
         Path of a file to write the figure to; the format follows the extension.
     title
@@ -117,15 +121,17 @@ def loss(
     ax.set_title(title if title is not None else "Training loss")
     ax.legend(frameon=False, fontsize="small")
     ax.spines[["top", "right"]].set_visible(False)
-    return finish(fig, ax, save=save, return_ax=return_ax)
+    return finish(fig, ax, save=save, return_ax=return_ax, show=show)
 
 
+@inject_docs()
 def domain_selection(
     adata: AnnData,
     key: str = Key.uns.semst,
     *,
     ax: Axes | None = None,
     return_ax: bool = False,
+    show: bool | None = None,
     save: str | Path | None = None,
     title: str | None = None,
 ) -> Axes | None:
@@ -146,6 +152,7 @@ def domain_selection(
         Axes to draw into; a new figure is made when ``None``.
     return_ax
         Return the axes instead of ``None``.
+    {show}
     save
         Path of a file to write the figure to; the format follows the extension.
     title
@@ -189,4 +196,4 @@ def domain_selection(
     ax.set_ylabel(f"{criterion} (higher is better)")
     ax.set_title(title if title is not None else f"Number of domains: {chosen}")
     ax.spines[["top", "right"]].set_visible(False)
-    return finish(fig, ax, save=save, return_ax=return_ax)
+    return finish(fig, ax, save=save, return_ax=return_ax, show=show)

@@ -101,13 +101,27 @@ def new_axes(ax: Axes | None, figsize: tuple[float, float] | None = None) -> tup
     return ax.figure, ax
 
 
-def finish(fig: Figure, axes: Axes | Sequence[Axes], *, save: str | Path | None, return_ax: bool):
-    """Write the figure to ``save`` (a path; the format follows its extension) and return the axes if asked."""
+def finish(
+    fig: Figure,
+    axes: Axes | Sequence[Axes],
+    *,
+    save: str | Path | None,
+    return_ax: bool,
+    show: bool | None = None,
+):
+    """Write the figure to ``save`` (a path; the format follows its extension) and return the axes if asked.
+
+    ``show`` is scanpy's: ``True`` shows the figure, ``False`` returns the axes (as ``return_ax=True``).
+    """
+    if show is not None and not isinstance(show, bool):
+        raise TypeError(f"show must be True, False or None, got {show!r}.")
     if save is not None:
         path = Path(save)
         if path.parent != Path() and not path.parent.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, bbox_inches="tight")
-    if return_ax:
+    if show:
+        plt.show()
+    if return_ax or show is False:
         return axes
     return None
