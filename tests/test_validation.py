@@ -256,7 +256,8 @@ def test_count_errors_say_where_the_counts_may_be():
     adata.X = adata.X.astype(np.float32) * 0.5
     with pytest.raises(
         ValueError,
-        match=r"non-integer.*pass layer='counts' \(the layer's name\) if they are in a layer, or use",
+        match=r"non-integer.*pass layer='counts' \(the layer's name\) if they are in a layer; or, for a "
+        r"matrix already normalised, pass preprocess=False to semst\.tl\.domains",
     ):
         get_counts(adata)
     adata.layers["counts"] = counts

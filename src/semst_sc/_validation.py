@@ -214,7 +214,7 @@ def _blocks(values: np.ndarray) -> Iterable[np.ndarray]:
 
 
 def _counts_advice(adata: AnnData | None) -> str:
-    """Where the counts may be instead: the layers present, ``adata.raw``, or the preprocessed path."""
+    """Where the counts may be instead: the layers present, ``adata.raw``, or ``preprocess=False``."""
     advice = "semst expects raw integer UMI counts in adata.X"
     layers = [] if adata is None else list(adata.layers.keys())
     if layers:
@@ -226,7 +226,7 @@ def _counts_advice(adata: AnnData | None) -> str:
             "; adata.raw is set: if it holds the counts, run on adata.raw.to_adata() (same spots and "
             "coordinates)"
         )
-    return advice + ", or use the preprocessed path (use_hvg / layer=) of tl.domains"
+    return advice + "; or, for a matrix already normalised, pass preprocess=False to semst.tl.domains"
 
 
 def _check_count_values(values: np.ndarray, where: str, adata: AnnData | None = None) -> None:
