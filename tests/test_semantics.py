@@ -431,6 +431,44 @@ def test_ensembl_ids_mapped_through_var_column(tiny_bert, small):
     assert Key.obsm.llm not in b.obsm and Key.uns.llm not in b.uns
 
 
+@pytest.mark.parametrize(
+    ("names", "match"),
+    [
+        (lambda n: [str(i) for i in range(n)], "are plain numbers"),
+        (lambda n: [f"feat{i}" for i in range(n)], "are 'feat' followed by a number"),
+        (lambda n: [f"Gene_{i}" for i in range(n)], "are 'gene' followed by a number"),
+    ],
+    ids=["numbers", "feat", "Gene_"],
+)
+def test_placeholder_gene_names_are_refused(tiny_bert, small, names, match):
+    a = small.copy()
+    a.var_names = names(a.n_vars)
+    with pytest.raises(
+        ValueError, match=rf"adata\.var_names do not look like gene symbols: 100% of them {match}"
+    ):
+        semantic_embedding(a, str(tiny_bert), ranking="lognorm", progress=False)
+    assert Key.obsm.llm not in a.obsm and Key.uns.llm not in a.uns
+    # the symbols in a column: the advice works
+    a.var["symbol"] = list(small.var_names)
+    semantic_embedding(
+        a, str(tiny_bert), ranking="lognorm", gene_symbols="symbol", use_cache=False, progress=False
+    )
+    assert a.uns[Key.uns.llm]["gene_symbols"] == "symbol"
+    # and a column of placeholders is refused the same way
+    a.var["symbol"] = names(a.n_vars)
+    with pytest.raises(ValueError, match=r"adata\.var\['symbol'\] do not look like gene symbols"):
+        semantic_embedding(a, str(tiny_bert), gene_symbols="symbol", progress=False)
+
+
+def test_real_symbols_are_not_taken_for_placeholders(shared_data):
+    # the three real panels: many symbols end in numbers (ZNF217, Slc32a1), but over many stems
+    for name in ("dlpfc_151673", "osmfish_sscortex", "starmap_mvc"):
+        genes = ad.read_h5ad(shared_data / f"{name}.h5ad", backed="r").var_names
+        share, _ = semantics._ranking._placeholder_names(np.asarray(genes, dtype=object))
+        assert share < 0.05, (name, share)
+        semantics.resolve_symbols(genes, pd.DataFrame(index=genes))
+
+
 def test_duplicated_symbols_listed_once():
     x = sparse.csr_matrix(np.array([[5, 4, 3, 2, 1], [0, 0, 7, 7, 0]], dtype=np.float32))
     symbols = np.array(["A", "B", "A", "C", "D"], dtype=object)

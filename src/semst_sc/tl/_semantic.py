@@ -125,7 +125,9 @@ def semantic_embedding(
         Column of ``var`` with gene symbols. `None`: ``var_names``, unless they are Ensembl ids; then a
         symbol column such as ``gene_symbols``, ``gene_name`` or ``feature_name`` is looked for.
         Duplicated symbols stay as they are in the text; a spot's list names each symbol once (its
-        best-ranked gene), the next genes filling the list.
+        best-ranked gene), the next genes filling the list. Names that are not symbols are refused with
+        a ValueError before the model loads: Ensembl ids without a symbol column, and placeholders (more
+        than half of the names one stem plus a number, such as ``'0'``, ``'1'`` or ``'feat12'``).
     batch_size
         Prompts per forward pass. Prompts are sorted by length; on out of memory the batch is halved and
         retried down to 1, then a `MemoryError` says what to change.
