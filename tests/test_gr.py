@@ -188,6 +188,28 @@ def test_library_key_errors():
         semst.gr.spatial_graph(adata, library_key="nope")
 
 
+def test_stacked_slices_without_library_key_say_both_ways_out():
+    pts = _points(60)
+    adata = _adata_from(np.r_[pts, pts], slice=np.repeat(["a", "b"], 60))  # two slices, same coordinates
+    before = adata.copy()
+    for call in (
+        lambda a: semst.gr.spatial_graph(a),
+        lambda a: semst.tl.domains(a, n_domains=2, n_epochs=1, progress=False),
+    ):
+        with pytest.raises(
+            ValueError, match=r"library_key=.*semst\.gr\.spatial_graph\(adata, radius=\.\.\.\)"
+        ):
+            call(adata)
+        assert set(adata.obsp) == set(before.obsp) and set(adata.uns) == set(before.uns)
+    # both ways out work
+    semst.gr.spatial_graph(adata, library_key="slice")
+    conn = adata.obsp[Key.obsp.spatial_conn]
+    assert conn.nnz and not (conn[:60, 60:].nnz or conn[60:, :60].nnz)
+    other = before.copy()
+    semst.gr.spatial_graph(other, radius=20.0)
+    assert other.obsp[Key.obsp.spatial_conn].nnz
+
+
 def test_spatial_copy_and_round_trip(tmp_path):
     adata = _adata_from(_points())
     out = semst.gr.spatial_graph(adata, mode="knn", copy=True, key_added="mine")

@@ -321,7 +321,8 @@ def _build(
                     raise ValueError(
                         "the median nearest-neighbour distance is 0 (many spots share coordinates). If the "
                         "data hold several slices with the same coordinates, pass library_key=<the obs "
-                        "column naming each spot's slice>; otherwise pass radius= (in coordinate units)."
+                        "column naming each spot's slice>; otherwise give the radius yourself (in coordinate "
+                        "units): semst.gr.spatial_graph(adata, radius=...), whose graph tl.domains reuses."
                     )
                 radius = RADIUS_FACTOR * pitch
                 info.update(
