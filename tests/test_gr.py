@@ -151,7 +151,9 @@ def test_outlier_spot_making_a_dense_graph_is_refused():
 def test_isolated_spots_warn():
     coords = np.vstack([_points(n=50), [[500.0, 500.0]]])
     adata = _adata_from(coords)
-    with pytest.warns(UserWarning, match="1 of 51 spots have no spatial neighbour"):
+    with pytest.warns(
+        UserWarning, match=r"1 of 51 spots have no spatial neighbour.*in tl\.domains: spatial_mode="
+    ):
         semst.gr.spatial_graph(adata, radius=30.0)
 
 

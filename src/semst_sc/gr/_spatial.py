@@ -354,7 +354,8 @@ def _build(
         warnings.warn(
             f"{n_isolated} of {degree.size} spots have no spatial neighbour (mode={mode!r}, "
             f"radius={params.get('radius', 'n/a')}); graph convolutions will see only their own expression. "
-            "Use a larger radius, mode='adaptive' or mode='knn'.",
+            "Use a larger radius, mode='adaptive' or mode='knn' (in tl.domains: spatial_mode='adaptive' or "
+            "'knn').",
             UserWarning,
             stacklevel=user_stacklevel(),
         )
