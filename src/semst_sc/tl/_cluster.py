@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
+from anndata import AnnData
 from scanpy import logging as logg
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
@@ -46,6 +47,14 @@ class ClusterResult:
     n_domains: int
     selection: DomainSelection | None = None
     info: dict = field(default_factory=dict)
+
+
+def _not_anndata(emb: object, fn: str) -> None:
+    if isinstance(emb, AnnData):
+        raise TypeError(
+            f"{fn} takes an array (e.g. adata.obsm['X_semst']), not an AnnData; to cluster a trained AnnData "
+            "again, into another number of domains or an estimated one, use semst.tl.recluster(adata, ...)."
+        )
 
 
 def _unit_rows(emb: np.ndarray) -> np.ndarray:
@@ -198,6 +207,7 @@ def cluster_embedding(
     info
         Extra facts about the run (for Leiden: the resolution used and whether it was exact).
     """
+    _not_anndata(emb, "cluster_embedding")
     check_choice("cluster_method", method, CLUSTER_METHODS)
     check_choice("metric", metric, CLUSTER_METRICS)
     x = _reduce(emb, n_pcs, metric)
@@ -248,6 +258,7 @@ def estimate_n_domains(
     DomainSelection
         Candidates, their scores (higher is better), the criterion's name and the chosen number.
     """
+    _not_anndata(emb, "estimate_n_domains")
     kmin, kmax = k_range
     n = emb.shape[0]
     kmax = min(kmax, n - 1)
