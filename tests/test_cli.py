@@ -221,7 +221,7 @@ def light(files) -> dict[str, subprocess.CompletedProcess]:
 
 def test_help_and_version(light):
     assert light["help"].returncode == 0
-    for sub in ("domains", "embed", "evaluate", "plot", "demo"):
+    for sub in ("domains", "recluster", "embed", "evaluate", "plot", "demo"):
         assert sub in light["help"].stdout
     assert light["version"].returncode == 0
     assert light["version"].stdout.strip() == f"semst {version('semst-sc')}"
@@ -320,6 +320,33 @@ def test_embed_then_domains_end_to_end(dlpfc_crop, tmp_path):
     new = res.uns[Key.uns.semst]["params"]
     assert (params["ema_decay"], params["n_top_genes"]) == (0.0, 2000)
     assert (new["ema_decay"], new["n_top_genes"]) == (0.9, 300)
+
+
+def test_recluster_writes_another_number_of_domains(dlpfc_crop, tmp_path):
+    from semst_sc import tl
+
+    trained, out = tmp_path / "trained.h5ad", tmp_path / "k3.h5ad"
+    a = ad.read_h5ad(dlpfc_crop)
+    tl.domains(a, n_domains=5, n_epochs=3, progress=False)
+    a.write_h5ad(trained)
+    before = trained.read_bytes()
+    proc = semst(
+        "recluster", trained, "-o", out, "--n-domains", "3", "--key-added", "k3",
+        "--truth", "layer_guess_reordered",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert trained.read_bytes() == before
+    res = ad.read_h5ad(out)
+    pd.testing.assert_series_equal(res.obs[Key.obs.domain], a.obs[Key.obs.domain])  # the run's stay
+    tl.recluster(a, 3, key_added="k3")
+    pd.testing.assert_series_equal(res.obs["k3"], a.obs["k3"])  # the command is the function
+    assert "3 in obs['k3']" in proc.stdout and "not trained again" in proc.stdout
+    assert "agreement with obs['layer_guess_reordered']" in proc.stdout
+    # a file that no `semst domains` run wrote: one line saying what to run
+    bare = tmp_path / "bare.h5ad"
+    ad.read_h5ad(dlpfc_crop).write_h5ad(bare)
+    line = one_error_line(semst("recluster", bare, "-o", tmp_path / "x.h5ad", "--n-domains", "3"))
+    assert "run `semst domains` on it first" in line and not (tmp_path / "x.h5ad").exists()
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 Examples::
 
     semst domains slice.h5ad -o slice_domains.h5ad --n-domains 7
+    semst recluster slice_domains.h5ad -o slice_k5.h5ad --n-domains 5
     semst embed slice.h5ad -o slice_llm.h5ad --model minilm
     semst evaluate slice_domains.h5ad --truth layer_guess_reordered
     semst plot slice_domains.h5ad -o domains.png
@@ -295,6 +296,48 @@ def _cmd_domains(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recluster(args: argparse.Namespace) -> int:
+    out = _check_output(args.output, [args.input], overwrite=args.overwrite, suffixes=(".h5ad",))
+    adata = _read(args.input)
+    if Key.uns.semst not in adata.uns:
+        raise CLIError(
+            f"{args.input} holds no trained run (uns[{Key.uns.semst!r}]): run `semst domains` on it first"
+        )
+    if args.truth is not None:
+        _check_obs_key(adata, args.truth, "--truth")
+    _logs_to_stderr(args.quiet)
+    import semst_sc as semst
+
+    start = time.perf_counter()
+    semst.tl.recluster(
+        adata,
+        n_domains=args.n_domains,
+        key_added=args.key_added,
+        cluster_method=args.cluster_method,
+        cluster_metric=args.cluster_metric,
+        smooth_hops=args.smooth_hops,
+        seed=args.seed,
+    )
+    elapsed = time.perf_counter() - start
+    run = adata.uns[Key.uns.semst]
+    key = args.key_added or str(run.get("domain_key", Key.obs.domain))
+    if args.truth is not None:
+        res = semst.tl.evaluate(adata, args.truth, key)
+    _write(adata, out)
+    est = " (estimated)" if args.n_domains is None else ""
+    rows = [
+        ["input", f"{args.input} ({adata.n_obs} spots x {adata.n_vars} genes)"],
+        ["output", str(out)],
+        ["domains", f"{adata.obs[key].cat.categories.size}{est} in obs[{key!r}]"],
+        ["embedding", f"obsm[{run.get('embedding_key', Key.obsm.semst)!r}] (not trained again)"],
+        ["runtime", f"{elapsed:.1f} s"],
+    ]
+    print(_table(rows) + "\n\n" + _table(_domain_rows(adata, key), header=["domain", "spots", "share"]))
+    if args.truth is not None:
+        print(f"\nagreement with obs[{args.truth!r}]\n" + _evaluation_table(res))
+    return 0
+
+
 def _cmd_embed(args: argparse.Namespace) -> int:
     out = _check_output(args.output, [args.input], overwrite=args.overwrite, suffixes=(".h5ad",))
     adata = _read(args.input)
@@ -530,6 +573,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow OUT to replace an existing file (even IN)")
     _add_common(p)
     p.set_defaults(func=_cmd_domains)
+
+    p = sub.add_parser(
+        "recluster",
+        help="cluster the trained embedding again into another number of domains (semst.tl.recluster)",
+        description="Rerun only the clustering step of `semst domains` on IN's trained embedding "
+        f"(obsm[{Key.obsm.semst!r}]), with the run's settings unless given, and write OUT. Seconds: no "
+        "training.",
+    )
+    p.add_argument("input", metavar="IN.h5ad", help="the output of `semst domains`")
+    p.add_argument("-o", "--output", metavar="OUT.h5ad", required=True)
+    p.add_argument(
+        "--n-domains", type=_positive_int, default=None, help="number of domains (default: estimated)"
+    )
+    p.add_argument(
+        "--key-added",
+        metavar="KEY",
+        default=None,
+        help=f"obs column to write (default: the run's own, obs[{Key.obs.domain!r}], which is replaced)",
+    )
+    p.add_argument("--cluster-method", choices=CLUSTER_METHODS, default=None, help="default: the run's")
+    p.add_argument("--cluster-metric", choices=CLUSTER_METRICS, default=None, help="default: the run's")
+    p.add_argument(
+        "--smooth-hops", type=_nonnegative_int, default=None, metavar="N", help="default: the run's"
+    )
+    p.add_argument("--seed", type=int, default=None, help="clustering seed (default: the run's)")
+    p.add_argument("--truth", metavar="KEY", default=None, help="obs column to evaluate the domains against")
+    p.add_argument("--overwrite", action="store_true", help="allow OUT to replace an existing file (even IN)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_recluster)
 
     p = sub.add_parser(
         "embed",
