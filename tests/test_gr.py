@@ -212,6 +212,18 @@ def test_stacked_slices_without_library_key_say_both_ways_out():
     assert other.obsp[Key.obsp.spatial_conn].nnz
 
 
+def test_a_one_spot_slice_is_named_and_both_ways_out_work():
+    adata = _adata_from(_points(41), slice=["a"] * 40 + ["b"])
+    with pytest.raises(ValueError, match=r"1 slice\(s\) of adata\.obs\['slice'\] hold a single spot \('b'\)"):
+        semst.gr.spatial_graph(adata, library_key="slice")
+    assert Key.obsp.spatial_conn not in adata.obsp
+    kept = adata[~adata.obs["slice"].isin(["b"])].copy()  # the advice, as written in the message
+    semst.gr.spatial_graph(kept, library_key="slice")
+    assert kept.obsp[Key.obsp.spatial_conn].nnz
+    with pytest.warns(UserWarning, match="1 of 41 spots have no spatial neighbour"):
+        semst.gr.spatial_graph(adata, library_key="slice", radius=30.0)
+
+
 def test_spatial_copy_and_round_trip(tmp_path):
     adata = _adata_from(_points())
     out = semst.gr.spatial_graph(adata, mode="knn", copy=True, key_added="mine")

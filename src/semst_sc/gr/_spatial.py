@@ -418,6 +418,15 @@ def spatial_graph(
         raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
     coords = check_spatial(adata, spatial_key)
     codes, libraries = _library_codes(adata, library_key)
+    sizes = np.bincount(codes, minlength=libraries.size)
+    if library_key is not None and mode == "radius" and radius is None and (sizes < 2).any():
+        lonely = list(libraries[sizes < 2][:5])
+        raise ValueError(
+            f"{int((sizes < 2).sum())} slice(s) of adata.obs[{library_key!r}] hold a single spot "
+            f"({', '.join(map(repr, lonely))}): no neighbour distance to derive the radius from. Drop them, "
+            f"e.g. adata = adata[~adata.obs[{library_key!r}].isin({lonely!r})].copy(), or give the radius "
+            "yourself: semst.gr.spatial_graph(adata, radius=..., library_key=...)."
+        )
     start = logg.info(
         f"building the spatial graph ({mode}) on {adata.n_obs} spots, {libraries.size} slice(s)"
     )
