@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -140,12 +142,57 @@ def test_estimated_n_domains_stores_curve(adata):
     assert sel["chosen"] == sel["n_domains"][int(np.argmax(sel["score"]))]
 
 
+def _scanpy_warnings(call) -> list[str]:
+    """What ``call()`` logs at warning level through scanpy's own logger (which does not propagate)."""
+    import logging
+
+    import scanpy as sc
+
+    records: list[str] = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    sc.settings._root_logger.addHandler(handler)
+    try:
+        call()
+    finally:
+        sc.settings._root_logger.removeHandler(handler)
+    return records
+
+
 def test_existing_graphs_are_reused_not_overwritten(adata):
     semst.gr.spatial_graph(adata, mode="knn", n_neighbors=6)
     before = adata.obsp[Key.obsp.spatial_conn].copy()
-    semst.tl.domains(adata, n_domains=3, n_epochs=2, progress=False)
+    logged = _scanpy_warnings(lambda: semst.tl.domains(adata, n_domains=3, n_epochs=2, progress=False))
     assert (adata.obsp[Key.obsp.spatial_conn] != before).nnz == 0
-    assert adata.uns[Key.uns.semst]["params"]["spatial_graph"] == "reused"
+    degree = before.nnz / before.shape[0]
+    assert adata.uns[Key.uns.semst]["params"]["spatial_graph"] == f"reused (mean degree {degree:.1f})"
+    assert not any("did not build" in r for r in logged)  # semst's own graph: no warning
+    # arguments for a new graph while one exists: said to be ignored, and how to get what was asked
+    with pytest.warns(
+        UserWarning, match=r"spatial_mode='knn', n_spatial_neighbors=8 ignored.*del adata\.obsp"
+    ):
+        semst.tl.domains(
+            adata, n_domains=3, n_epochs=2, spatial_mode="knn", n_spatial_neighbors=8, progress=False
+        )
+    assert (adata.obsp[Key.obsp.spatial_conn] != before).nnz == 0
+
+
+def test_a_graph_semst_did_not_build_is_named_when_reused(adata):
+    import squidpy as sq
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # squidpy 1.8 deprecates the generic entry point
+        sq.gr.spatial_neighbors(adata, coord_type="grid", n_neighs=6)
+    logged = _scanpy_warnings(lambda: semst.tl.domains(adata, n_domains=3, n_epochs=2, progress=False))
+    hits = [r for r in logged if "semst-sc did not build" in r]
+    assert len(hits) == 1, logged
+    assert "coord_type=grid" in hits[0] and "n_neighbors=6" in hits[0] and "del adata.obsp" in hits[0]
+    # the way out works: the method's own radius graph is built (far denser on Visium)
+    del adata.obsp[Key.obsp.spatial_conn]
+    logged = _scanpy_warnings(lambda: semst.tl.domains(adata, n_domains=3, n_epochs=2, progress=False))
+    assert not any("did not build" in r for r in logged)
+    assert adata.uns[Key.uns.semst]["params"]["spatial_graph"] == "built (radius)"
+    assert adata.obsp[Key.obsp.spatial_conn].nnz / adata.n_obs > 20
 
 
 def _two_slices(demo: ad.AnnData) -> ad.AnnData:
@@ -207,7 +254,7 @@ def test_several_libraries_without_library_key_warn(demo):
     # a reused graph that joins the slices is used as it is, with a warning that says how to rebuild it
     with pytest.warns(UserWarning, match=r"joins spots of different slices.*library_key='slice'"):
         semst.tl.domains(both, n_domains=3, n_epochs=2, library_key="slice", progress=False)
-    assert both.uns[Key.uns.semst]["params"]["spatial_graph"] == "reused"
+    assert both.uns[Key.uns.semst]["params"]["spatial_graph"].startswith("reused")
 
 
 def test_preprocessed_layer_path(adata):

@@ -174,7 +174,9 @@ def spatial_adjacency(
         adj = sp.csr_matrix(adata.obsp[connectivity_key])
         if library_key is not None:
             _warn_cross_slice(adj, codes, connectivity_key, library_key)
-        return adj, "reused", None
+        degree = adj.nnz / max(adj.shape[0], 1)
+        _say_what_is_reused(adata, connectivity_key, degree, spatial_mode, n_spatial_neighbors, radius)
+        return adj, f"reused (mean degree {degree:.1f})", None
     if library_key is None:
         _warn_many_libraries(adata)
     tmp = AnnData(obs=pd.DataFrame(index=adata.obs_names), obsm={spatial_key: adata.obsm[spatial_key]})
@@ -189,6 +191,52 @@ def spatial_adjacency(
         spatial_key=spatial_key,
     )
     return sp.csr_matrix(tmp.obsp[Key.obsp.spatial_conn]), f"built ({spatial_mode})", tmp
+
+
+def _say_what_is_reused(
+    adata: AnnData, key: str, degree: float, spatial_mode: str, n_spatial_neighbors: int, radius: float | None
+) -> None:
+    """Tell the user that an existing spatial graph is used instead of the method's own, and what it is.
+
+    Arguments that would shape a new graph are ignored with a warning; a graph that semst-sc did not build
+    (squidpy's ``spatial_neighbors``, for example: 6 neighbours on a Visium grid against the radius graph's
+    ~55) is named in a logged warning, since the domains then differ from the ones the benchmarks measured.
+    """
+    from ..gr._spatial import RADIUS_FACTOR
+
+    fix = f"del adata.obsp[{key!r}]"
+    asked = []
+    if spatial_mode != "radius":
+        asked.append(f"spatial_mode={spatial_mode!r}")
+    if n_spatial_neighbors != Default.spatial_k:
+        asked.append(f"n_spatial_neighbors={n_spatial_neighbors}")
+    if radius is not None:
+        asked.append(f"radius={radius}")
+    if asked:
+        warnings.warn(
+            f"{', '.join(asked)} ignored: adata.obsp[{key!r}] already holds a spatial graph (mean degree "
+            f"{degree:.1f}), which is reused. To build the graph asked for, delete that one first: {fix}.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+        return
+    record = adata.uns.get(Key.uns.spatial_graph)
+    params = record.get("params") if isinstance(record, dict) else None
+    if isinstance(params, dict) and "mode" in params:  # written by semst.gr.spatial_graph
+        logg.info(
+            f"    reusing the spatial graph in .obsp[{key!r}] (mode={params['mode']!r}, mean degree {degree:.1f})"
+        )
+        return
+    origin = (
+        "parameters " + ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("transform",))
+        if isinstance(params, dict) and params
+        else "origin unknown"
+    )
+    logg.warning(
+        f"reusing the spatial graph in .obsp[{key!r}], which semst-sc did not build ({origin}; mean degree "
+        f"{degree:.1f}). The method's own graph (a radius of {RADIUS_FACTOR} x the median nearest-neighbour distance) is what the benchmarks measure; "
+        f"to train on that one instead, delete this one first: {fix}."
+    )
 
 
 def _warn_many_libraries(adata: AnnData) -> None:
