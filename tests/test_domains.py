@@ -162,19 +162,63 @@ def _scanpy_warnings(call) -> list[str]:
 def test_existing_graphs_are_reused_not_overwritten(adata):
     semst.gr.spatial_graph(adata, mode="knn", n_neighbors=6)
     before = adata.obsp[Key.obsp.spatial_conn].copy()
-    logged = _scanpy_warnings(lambda: semst.tl.domains(adata, n_domains=3, n_epochs=2, progress=False))
+    # the call asks for the default radius graph: the knn graph is reused, and the warning says so
+    with pytest.warns(
+        UserWarning, match=r"built with mode='knn', n_neighbors=6 .* asks for spatial_mode='radius'"
+    ):
+        semst.tl.domains(adata, n_domains=3, n_epochs=2, progress=False)
     assert (adata.obsp[Key.obsp.spatial_conn] != before).nnz == 0
     degree = before.nnz / before.shape[0]
     assert adata.uns[Key.uns.semst]["params"]["spatial_graph"] == f"reused (mean degree {degree:.1f})"
-    assert not any("did not build" in r for r in logged)  # semst's own graph: no warning
-    # arguments for a new graph while one exists: said to be ignored, and how to get what was asked
+    # asking for the graph that is there: no warning of any kind
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        logged = _scanpy_warnings(
+            lambda: semst.tl.domains(
+                adata, n_domains=3, n_epochs=2, spatial_mode="knn", n_spatial_neighbors=6, progress=False
+            )
+        )
+    assert not any("spatial graph" in r for r in logged)
+    # another k: reused all the same, said so, with both ways out
     with pytest.warns(
-        UserWarning, match=r"spatial_mode='knn', n_spatial_neighbors=8 ignored.*del adata\.obsp"
+        UserWarning, match=r"asks for spatial_mode='knn', n_spatial_neighbors=8.*del adata\.obsp"
     ):
         semst.tl.domains(
             adata, n_domains=3, n_epochs=2, spatial_mode="knn", n_spatial_neighbors=8, progress=False
         )
     assert (adata.obsp[Key.obsp.spatial_conn] != before).nnz == 0
+    # a graph of unknown settings and arguments for a new one: the arguments are said to be ignored
+    del adata.uns[Key.uns.spatial_graph]
+    with pytest.warns(UserWarning, match=r"spatial_mode='knn', n_spatial_neighbors=8 ignored"):
+        semst.tl.domains(
+            adata, n_domains=3, n_epochs=2, spatial_mode="knn", n_spatial_neighbors=8, progress=False
+        )
+
+
+def test_a_feature_graph_built_for_other_settings_is_said_to_be_reused(adata):
+    semst.tl.domains(adata, n_domains=3, n_epochs=2, progress=False)
+    rec = adata.uns[Key.uns.feature_graph]["params"]
+    assert (rec["built_by"], rec["n_neighbors"], rec["n_genes"]) == ("semst.tl.domains", 14, 2000)
+    graph = adata.obsp[Key.obsp.feature_conn].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the same settings again: silent
+        semst.tl.domains(adata, n_domains=3, n_epochs=2, progress=False)
+    with pytest.warns(
+        UserWarning, match=r"for other settings than this call's \(genes 2000 -> 500\).*del adata"
+    ):
+        semst.tl.domains(adata, n_domains=3, n_epochs=2, n_top_genes=500, progress=False)
+    assert (adata.obsp[Key.obsp.feature_conn] != graph).nnz == 0  # reused, never overwritten
+    with pytest.warns(UserWarning, match=r"n_feature_neighbors 14 -> 6"):
+        semst.tl.domains(adata, n_domains=3, n_epochs=2, n_feature_neighbors=6, progress=False)
+    # the way out: delete it, and the call builds (and records) its own
+    del adata.obsp[Key.obsp.feature_conn]
+    semst.tl.domains(adata, n_domains=3, n_epochs=2, n_top_genes=500, progress=False)
+    assert adata.uns[Key.uns.feature_graph]["params"]["n_genes"] == 500
+    # a graph from semst.gr.feature_graph with another k
+    del adata.obsp[Key.obsp.feature_conn]
+    semst.gr.feature_graph(adata, n_neighbors=5)
+    with pytest.warns(UserWarning, match=r"built by semst\.gr\.feature_graph .*n_feature_neighbors 5 -> 14"):
+        semst.tl.domains(adata, n_domains=3, n_epochs=2, progress=False)
 
 
 def test_a_graph_semst_did_not_build_is_named_when_reused(adata):

@@ -6,6 +6,7 @@ Data flow: AnnData -> :class:`Prepared` (scipy / numpy) -> ``semst_sc.nn`` modul
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -196,23 +197,46 @@ def spatial_adjacency(
 def _say_what_is_reused(
     adata: AnnData, key: str, degree: float, spatial_mode: str, n_spatial_neighbors: int, radius: float | None
 ) -> None:
-    """Tell the user that an existing spatial graph is used instead of the method's own, and what it is.
+    """Tell the user that an existing spatial graph is used instead of a new one, and what it is.
 
-    Arguments that would shape a new graph are ignored with a warning; a graph that semst-sc did not build
-    (squidpy's ``spatial_neighbors``, for example: 6 neighbours on a Visium grid against the radius graph's
-    ~55) is named in a logged warning, since the domains then differ from the ones the benchmarks measured.
+    A graph semst-sc built with other settings than this call's, or arguments for a new graph next to a
+    graph of unknown settings, give a ``UserWarning``; a graph that semst-sc did not build (squidpy's
+    ``spatial_neighbors``, for example: 6 neighbours on a Visium grid against the radius graph's ~55) is
+    named in a logged warning, since the domains then differ from the ones the benchmarks measured.
     """
     from ..gr._spatial import RADIUS_FACTOR
 
     fix = f"del adata.obsp[{key!r}]"
-    asked = []
+    record = adata.uns.get(Key.uns.spatial_graph)
+    params = record.get("params") if isinstance(record, dict) else None
+    params = params if isinstance(params, dict) else {}
+    asked = [f"spatial_mode={spatial_mode!r}"]
     if spatial_mode != "radius":
-        asked.append(f"spatial_mode={spatial_mode!r}")
-    if n_spatial_neighbors != Default.spatial_k:
         asked.append(f"n_spatial_neighbors={n_spatial_neighbors}")
     if radius is not None:
         asked.append(f"radius={radius}")
-    if asked:
+    if "mode" in params:  # written by semst.gr.spatial_graph
+        built = f"mode={params['mode']!r}"
+        same = params["mode"] == spatial_mode
+        if params["mode"] != "radius" and "n_neighbors" in params:
+            built += f", n_neighbors={params['n_neighbors']}"
+            same = same and int(params["n_neighbors"]) == int(n_spatial_neighbors)
+        if radius is not None:
+            same = same and np.isclose(float(params.get("radius", np.nan)), float(radius))
+        if same:
+            logg.info(f"    reusing the spatial graph in .obsp[{key!r}] ({built}, mean degree {degree:.1f})")
+            return
+        as_args = built.replace("mode=", "spatial_mode=").replace("n_neighbors=", "n_spatial_neighbors=")
+        warnings.warn(
+            f"adata.obsp[{key!r}] holds a spatial graph built with {built} (mean degree {degree:.1f}); "
+            f"this call asks for {', '.join(asked)}. The existing graph is reused, as existing keys always "
+            f"are; to build the one asked for, delete it first: {fix}; to use it without this warning, ask "
+            f"for it ({as_args}).",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+        return
+    if spatial_mode != "radius" or n_spatial_neighbors != Default.spatial_k or radius is not None:
         warnings.warn(
             f"{', '.join(asked)} ignored: adata.obsp[{key!r}] already holds a spatial graph (mean degree "
             f"{degree:.1f}), which is reused. To build the graph asked for, delete that one first: {fix}.",
@@ -220,23 +244,68 @@ def _say_what_is_reused(
             stacklevel=user_stacklevel(),
         )
         return
-    record = adata.uns.get(Key.uns.spatial_graph)
-    params = record.get("params") if isinstance(record, dict) else None
-    if isinstance(params, dict) and "mode" in params:  # written by semst.gr.spatial_graph
-        logg.info(
-            f"    reusing the spatial graph in .obsp[{key!r}] (mode={params['mode']!r}, mean degree {degree:.1f})"
-        )
-        return
     origin = (
-        "parameters " + ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("transform",))
-        if isinstance(params, dict) and params
+        "parameters " + ", ".join(f"{k}={v}" for k, v in params.items() if k != "transform")
+        if params
         else "origin unknown"
     )
     logg.warning(
         f"reusing the spatial graph in .obsp[{key!r}], which semst-sc did not build ({origin}; mean degree "
-        f"{degree:.1f}). The method's own graph (a radius of {RADIUS_FACTOR} x the median nearest-neighbour distance) is what the benchmarks measure; "
-        f"to train on that one instead, delete this one first: {fix}."
+        f"{degree:.1f}). The method's own graph (a radius of {RADIUS_FACTOR} x the median nearest-neighbour "
+        f"distance) is what the benchmarks measure; to train on that one instead, delete this one first: "
+        f"{fix}."
     )
+
+
+def _feature_input(info: dict[str, Any], genes: pd.Index, layer: str | None, k: int) -> dict[str, Any]:
+    """What a feature graph built by ``tl.domains`` depends on: k, the input matrix and its genes."""
+    digest = hashlib.sha1("\n".join(map(str, genes)).encode()).hexdigest()[:16]
+    return {
+        "built_by": "semst.tl.domains",
+        "n_neighbors": int(k),
+        "input": str(info["input"]),
+        "layer": "X" if layer is None else str(layer),
+        "n_genes": int(info["n_genes"]),
+        "genes_sha1": digest,
+    }
+
+
+def _check_reused_feature_graph(adata: AnnData, key: str, built_for: dict[str, Any]) -> None:
+    """Warn when the feature graph that is reused was built for other settings than this call's."""
+    record = adata.uns.get(Key.uns.feature_graph) if key == Key.obsp.feature_conn else None
+    params = record.get("params") if isinstance(record, dict) else None
+    params = params if isinstance(params, dict) else {}
+    fix = f"del adata.obsp[{key!r}]"
+    if params.get("built_by") == "semst.tl.domains":
+        names = {"n_neighbors": "n_feature_neighbors", "n_genes": "genes", "genes_sha1": "gene list"}
+        differ = [
+            f"{names.get(k, k)} {params.get(k)!r} -> {v!r}"
+            for k, v in built_for.items()
+            if k not in ("built_by", "genes_sha1") and params.get(k) != v
+        ]
+        if not differ and params.get("genes_sha1") != built_for["genes_sha1"]:
+            differ.append("another gene list of the same size")
+        what = "an earlier tl.domains call"
+    elif "n_neighbors" in params:  # semst.gr.feature_graph
+        differ = []
+        if int(params["n_neighbors"]) != built_for["n_neighbors"]:
+            differ.append(f"n_feature_neighbors {params['n_neighbors']} -> {built_for['n_neighbors']}")
+        what = "semst.gr.feature_graph"
+    else:
+        differ = []
+        if built_for["n_neighbors"] != Default.feature_k:
+            differ.append(f"n_feature_neighbors={built_for['n_neighbors']} asked, graph of unknown settings")
+        what = "an unknown source"
+    if differ:
+        warnings.warn(
+            f"adata.obsp[{key!r}] was built by {what} for other settings than this call's "
+            f"({'; '.join(differ)}). It is reused, as existing keys always are; to build the one for this "
+            f"call, delete it first: {fix}.",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+    else:
+        logg.info(f"    reusing the feature graph in .obsp[{key!r}]")
 
 
 def _warn_many_libraries(adata: AnnData) -> None:
@@ -325,14 +394,27 @@ def prepare(
         adata.uns[Key.uns.spatial_graph] = tmp.uns[Key.uns.spatial_graph]
         logg.info(f"    added spatial graph .obsp[{connectivity_key!r}]")
 
+    built_for = _feature_input(info, genes, layer, n_feature_neighbors)
     if feature_key in adata.obsp:
         adj_fea = sp.csr_matrix(adata.obsp[feature_key])
         info["feature_graph"] = "reused"
+        _check_reused_feature_graph(adata, feature_key, built_for)
     else:
         adj_fea = cosine_knn_graph(x, n_feature_neighbors, seed=seed)
         info["feature_graph"] = f"built (cosine {n_feature_neighbors}-NN)"
         if write_graphs:
             adata.obsp[feature_key] = adj_fea
+            uns_key = Key.uns.feature_graph if feature_key == Key.obsp.feature_conn else None
+            record = adata.uns.get(uns_key) if uns_key else None
+            if uns_key and (
+                record is None
+                or (isinstance(record, dict) and record.get("connectivities_key") == feature_key)
+            ):
+                # a record of how it was built, so that a later call with other settings can say so
+                adata.uns[uns_key] = {
+                    "connectivities_key": feature_key,
+                    "params": {**built_for, "mean_degree": float(adj_fea.nnz / max(adj_fea.shape[0], 1))},
+                }
             logg.info(f"    added feature graph .obsp[{feature_key!r}]")
 
     if log_input and preprocess:
