@@ -228,7 +228,9 @@ def domains(
       the seed fixes the exact numbers), ``history`` (loss per epoch: ``loss``, ``zinb``, ``cr``,
       ``spatial``), ``runtime_s`` and ``train_s`` (seconds), the keys used and, when estimated, ``domain_selection``;
     - missing graphs: ``obsp['spatial_connectivities']``, ``obsp['spatial_distances']``,
-      ``obsp['semst_feature_connectivities']``.
+      ``obsp['semst_feature_connectivities']``, and how they were built (``uns['spatial_neighbors']``,
+      ``uns['semst_feature_neighbors']``). Existing graphs are reused, never overwritten; one built for
+      other settings than the call's, or not by semst-sc, is reused with a warning that says so.
     """
     start = time.perf_counter()
     check_anndata(adata, fn="semst.tl.domains")
