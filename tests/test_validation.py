@@ -374,3 +374,26 @@ def test_view_refused_by_public_functions():
             call(view)
     with pytest.raises(TypeError, match="AnnData"):
         semst.gr.spatial_graph(adata.X)
+
+
+def test_backed_anndata_refused_where_the_matrix_is_read(tmp_path):
+    """An AnnData opened with backed='r' keeps X on disk: the functions that read X say how to load it, the
+    ones that read only coordinates or the embedding still run, and the file on disk is left as it was."""
+    path = tmp_path / "backed.h5ad"
+    _adata().write_h5ad(path)
+    before = path.read_bytes()
+    backed = ad.read_h5ad(path, backed="r")
+    calls = {
+        "semst.tl.domains": lambda a: semst.tl.domains(a, n_domains=2, n_epochs=1, progress=False),
+        "semst.pp.preprocess": semst.pp.preprocess,
+        "semst.gr.feature_graph": semst.gr.feature_graph,
+        "semst.tl.semantic_embedding": lambda a: semst.tl.semantic_embedding(a, model=str(tmp_path)),
+    }
+    for fn, call in calls.items():
+        with pytest.raises(ValueError, match=rf"{fn} reads the expression matrix.*adata\.to_memory\(\)"):
+            call(backed)
+    assert not {"spatial_connectivities", "semst_feature_connectivities"} & set(backed.obsp)
+    semst.gr.spatial_graph(backed, mode="knn", n_neighbors=4)
+    assert Key.obsp.spatial_conn in backed.obsp
+    backed.file.close()
+    assert path.read_bytes() == before

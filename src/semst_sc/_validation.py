@@ -21,7 +21,7 @@ from ._constants import Key
 _BLOCK = 1 << 22
 
 
-def check_anndata(adata: Any, *, fn: str) -> None:
+def check_anndata(adata: Any, *, fn: str, reads_x: bool = True) -> None:
     """Check that ``adata`` is a real (non-view) AnnData with unique names.
 
     Parameters
@@ -30,13 +30,17 @@ def check_anndata(adata: Any, *, fn: str) -> None:
         The object handed to a public function.
     fn
         Name of that function, used in the messages (``'semst.gr.spatial_graph'``).
+    reads_x
+        Whether the function reads the expression matrix; then an AnnData opened in backed mode, whose
+        matrix stays on disk, is refused with the line that loads it.
 
     Raises
     ------
     TypeError
         ``adata`` is not an :class:`~anndata.AnnData`.
     ValueError
-        ``adata`` is a view, or its ``obs_names`` / ``var_names`` are not unique.
+        ``adata`` is a view, in backed mode while ``reads_x``, or its ``obs_names`` / ``var_names`` are
+        not unique.
     """
     if not isinstance(adata, AnnData):
         raise TypeError(
@@ -48,6 +52,8 @@ def check_anndata(adata: Any, *, fn: str) -> None:
             f"{fn} got a view of an AnnData (adata[mask] without .copy()). Writing results into a view "
             "would silently copy it; call `.copy()` first, e.g. `adata = adata[mask].copy()`."
         )
+    if reads_x:
+        check_in_memory(adata, fn=fn)
     for axis, names, fix in (
         ("var_names", adata.var_names, "adata.var_names_make_unique()"),
         ("obs_names", adata.obs_names, "adata.obs_names_make_unique()"),
@@ -59,6 +65,16 @@ def check_anndata(adata: Any, *, fn: str) -> None:
                 f"{fn}: adata.{axis} has {len(dup)} duplicated name(s) ({shown}). Make them unique with "
                 f"`{fix}` before calling it."
             )
+
+
+def check_in_memory(adata: AnnData, *, fn: str) -> None:
+    """Refuse an AnnData in backed mode (its matrix stays on disk), with the line that loads it."""
+    if adata.isbacked:
+        raise ValueError(
+            f"{fn} reads the expression matrix, but adata was opened in backed mode "
+            "(read_h5ad(..., backed='r')) and its matrix stays on disk. Load it first: "
+            "`adata = adata.to_memory()`, or read the file without backed=."
+        )
 
 
 def check_choice(name: str, value: Any, options: Iterable[Any]) -> None:

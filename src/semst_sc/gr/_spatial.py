@@ -413,7 +413,7 @@ def spatial_graph(
     - ``uns['{key_added}_neighbors']`` - ``connectivities_key``, ``distances_key`` and ``params``
       (squidpy's parameters plus ``mode``, the ``radius`` used, ``mean_degree`` and more).
     """
-    check_anndata(adata, fn="semst.gr.spatial_graph")
+    check_anndata(adata, fn="semst.gr.spatial_graph", reads_x=False)
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
     coords = check_spatial(adata, spatial_key)

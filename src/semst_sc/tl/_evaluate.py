@@ -56,7 +56,7 @@ def evaluate(
     dict is written to ``adata.uns[key_added]``. With ``copy=True``, a copy of ``adata`` with
     ``uns[key_added]`` filled in.
     """
-    check_anndata(adata, fn="semst.tl.evaluate")
+    check_anndata(adata, fn="semst.tl.evaluate", reads_x=False)
     for what, key, hint in (
         ("annotation", truth_key, "pass the name of the obs column that holds the annotation"),
         ("predicted domains", pred_key, "run semst.tl.domains first, or pass pred_key="),

@@ -86,7 +86,7 @@ def recluster(
     >>> semst.tl.domains(adata, n_domains=7)
     >>> semst.tl.recluster(adata, n_domains=5, key_added="semst_domain_5")
     """
-    check_anndata(adata, fn="semst.tl.recluster")
+    check_anndata(adata, fn="semst.tl.recluster", reads_x=False)
     _check_n_domains(n_domains, adata.n_obs)
     run = _stored_run(adata)
     params = run["params"]

@@ -20,7 +20,7 @@ from .._constants import (
     Default,
     Key,
 )
-from .._validation import get_counts
+from .._validation import check_in_memory, get_counts
 from ..semantics import _backend, _pipeline, _prompts, _ranking
 from ..semantics._cache import default_cache_dir
 
@@ -194,6 +194,7 @@ def semantic_embedding(
             "semantic_embedding got a view of an AnnData (adata[mask] without .copy()); writing into a view would "
             "silently copy it. Call `.copy()` first, e.g. `adata = adata[mask].copy()`."
         )
+    check_in_memory(adata, fn="semst.tl.semantic_embedding")
 
     # device, dtype and model are checked before any work (an unknown model fails here, fast)
     _backend.resolve_dtype(dtype, _backend.resolve_device(device))
