@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score, silhouette_score
@@ -231,3 +233,21 @@ def test_estimate_n_domains_scores_the_clusterings_of_its_metric(metric):
         for k in range(2, 6)
     ]
     np.testing.assert_allclose(sel.score, want, rtol=1e-9)
+
+
+def test_smooth_labels_and_embedding_refuse_what_they_cannot_vote_on():
+    a = sp.csr_matrix(np.ones((3, 3)))
+    with pytest.raises(TypeError, match=r"cat\.codes"):
+        smooth_labels(pd.Series(pd.Categorical(["1", "2", "1"])), a)
+    for bad in (np.array(["1", "2", "1"]), np.array([0.0, 1.0, 0.0])):
+        with pytest.raises(TypeError, match=r"integers 0\.\.K-1"):
+            smooth_labels(bad, a)
+    with pytest.raises(ValueError, match="non-negative"):
+        smooth_labels(np.array([-1, 0, 1]), a)  # the code of a missing category
+    with pytest.raises(ValueError, match="but there are 2 labels"):
+        smooth_labels(np.array([0, 1]), a)
+    adata = ad.AnnData(np.ones((3, 2), dtype=np.float32))
+    with pytest.raises(TypeError, match="not an AnnData"):
+        smooth_embedding(adata, a)
+    with pytest.raises(TypeError, match="not an AnnData"):
+        smooth_labels(adata, a)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 from scanpy import logging as logg
@@ -308,6 +309,7 @@ def smooth_embedding(emb: np.ndarray, adjacency: sp.spmatrix, n_hops: int = 2) -
     numpy.ndarray
         A new N x d float64 array; ``emb`` is not modified.
     """
+    _not_anndata(emb, "semst.tl.smooth_embedding")
     n_hops = check_n_hops(n_hops, "n_hops")
     x = np.array(emb, dtype=np.float64)
     if x.ndim != 2:
@@ -346,8 +348,26 @@ def smooth_labels(labels: np.ndarray, adjacency: sp.spmatrix) -> np.ndarray:
         No domain disappears: when the vote would erase a label entirely (a small, scattered domain), its
         spots keep that label, so the number of domains asked for is kept.
     """
+    _not_anndata(labels, "semst.tl.smooth_labels")
+    if isinstance(labels, pd.Series | pd.Categorical) and isinstance(labels.dtype, pd.CategoricalDtype):
+        raise TypeError(
+            "smooth_labels takes integer labels 0..K-1, not a categorical column; pass its codes, e.g. "
+            "adata.obs['semst_domain'].cat.codes.to_numpy()."
+        )
     labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(
+            f"labels must be a 1-D array of integers 0..K-1, got dtype {labels.dtype} and shape "
+            f"{labels.shape}."
+        )
     n = labels.shape[0]
+    if n == 0 or labels.min() < 0:
+        raise ValueError("labels must be non-negative integers 0..K-1, one per spot.")
+    if adjacency.shape != (n, n):
+        raise ValueError(
+            f"adjacency has shape {adjacency.shape} but there are {n} labels; pass the spatial graph of the "
+            "same spots (e.g. adata.obsp['spatial_connectivities'])."
+        )
     k = int(labels.max()) + 1
     a = sp.csr_matrix(adjacency)
     if not a.has_canonical_format:  # duplicate entries would vote twice; sum them on a copy
