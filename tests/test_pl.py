@@ -389,8 +389,10 @@ def test_show_means_what_it_means_in_scanpy(adata, draw, monkeypatch):
     assert shown == []
     assert draw(adata) is None and shown == []
     assert draw(adata, show=True) is None and shown == [1]
+    plt.close("all")
     with pytest.raises(TypeError, match="show must be True, False or None"):
         draw(adata, show="yes")
+    assert plt.get_fignums() == []  # refused before anything was drawn
 
 
 def test_bad_arguments():
@@ -505,3 +507,11 @@ def test_spatial_draws_on_the_tissue_image_when_there_is_one():
     np.testing.assert_array_equal(colors, np.array(SEMST_PALETTE[:3])[a.obs[DOMAIN].cat.codes.to_numpy()])
     axes = semst.pl.compare(a, "truth", return_ax=True)
     assert all(len(x.images) == 1 for x in axes)
+
+
+def test_embedding_refuses_a_bad_show_before_computing_anything(adata):
+    plt.close("all")
+    before = set(adata.obsm)
+    with pytest.raises(TypeError, match="show must be True, False or None"):
+        semst.pl.embedding(adata, show=1)
+    assert plt.get_fignums() == [] and set(adata.obsm) == before

@@ -16,7 +16,7 @@ from scanpy import logging as logg
 from .._constants import Key
 from .._docs import inject_docs
 from ._palette import ensure_colors
-from ._utils import as_key_list, check_adata, check_color, check_obsm, finish
+from ._utils import as_key_list, check_adata, check_color, check_obsm, check_show, finish
 
 
 def _fingerprint(x: np.ndarray) -> str:
@@ -127,6 +127,7 @@ def embedding(
     ``adata.uns[key_added]['params']`` and ``adata.uns['<key>_colors']`` for categorical keys without
     a valid palette.
     """
+    check_show(show)
     import scanpy as sc
 
     check_adata(adata)

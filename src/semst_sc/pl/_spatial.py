@@ -16,7 +16,7 @@ from .._constants import Key
 from .._docs import inject_docs
 from .._utils import import_squidpy
 from ._palette import NA_COLOR, default_colors, ensure_colors, spare_colors
-from ._utils import as_key_list, check_adata, check_color, check_obs, check_obsm, finish
+from ._utils import as_key_list, check_adata, check_color, check_obs, check_obsm, check_show, finish
 
 
 def _has_image(adata: AnnData, spatial_key: str) -> bool:
@@ -168,6 +168,7 @@ def spatial(
     >>> adata = semst.datasets.demo()
     >>> semst.pl.spatial(adata, color="layer_guess_reordered")
     """
+    check_show(show)
     check_adata(adata)
     keys = as_key_list(color)
     check_obsm(adata, spatial_key)
@@ -288,6 +289,7 @@ def compare(
     palette of the predicted domains in ``adata.uns`` is left unchanged (the matched colours are
     specific to this comparison).
     """
+    check_show(show)
     from ..tl._metrics import ari as adjusted_rand_index
 
     check_adata(adata)

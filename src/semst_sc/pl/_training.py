@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from .._constants import Key
 from .._docs import inject_docs
 from ._palette import SEMST_PALETTE
-from ._utils import check_adata, finish, new_axes, semst_result
+from ._utils import check_adata, check_show, finish, new_axes, semst_result
 
 #: How the recorded loss terms are named in the legend (other keys are shown as they are).
 _LOSS_LABELS = {
@@ -86,6 +86,7 @@ def loss(
     -------
     The axes if ``return_ax=True``, else ``None``.
     """
+    check_show(show)
     check_adata(adata)
     hist = _history(semst_result(adata, key), key)
     if components is not None:
@@ -162,6 +163,7 @@ def domain_selection(
     -------
     The axes if ``return_ax=True``, else ``None``.
     """
+    check_show(show)
     check_adata(adata)
     rec = semst_result(adata, key)
     sel = rec.get("domain_selection")

@@ -101,6 +101,12 @@ def new_axes(ax: Axes | None, figsize: tuple[float, float] | None = None) -> tup
     return ax.figure, ax
 
 
+def check_show(show: Any) -> None:
+    """Refuse a ``show`` other than True, False or None before anything is drawn."""
+    if show is not None and not isinstance(show, bool):
+        raise TypeError(f"show must be True, False or None, got {show!r}.")
+
+
 def finish(
     fig: Figure,
     axes: Axes | Sequence[Axes],
@@ -113,8 +119,7 @@ def finish(
 
     ``show`` is scanpy's: ``True`` shows the figure, ``False`` returns the axes (as ``return_ax=True``).
     """
-    if show is not None and not isinstance(show, bool):
-        raise TypeError(f"show must be True, False or None, got {show!r}.")
+    check_show(show)
     if save is not None:
         path = Path(save)
         if path.parent != Path() and not path.parent.exists():
