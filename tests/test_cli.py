@@ -360,3 +360,46 @@ def test_demo_runs_and_scores():
     ari = [line for line in proc.stdout.splitlines() if line.startswith("ARI")]
     assert len(ari) == 1 and -1 <= float(ari[0].split()[-1]) <= 1
     assert "7 in obs['semst_domain']" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_scanpy_style_file_runs_from_its_counts_layer(dlpfc_crop, tmp_path):
+    """X log-normalised, raw counts in layers['counts'] (scanpy's usual layout): the error names this
+    command line's options, not Python keywords, and --layer runs both the semantics and the domains."""
+    pytest.importorskip("transformers", reason="the llm extra is not installed")
+    import scanpy as sc
+
+    a = ad.read_h5ad(dlpfc_crop)
+    a.layers["counts"] = a.X.copy()
+    sc.pp.normalize_total(a)
+    sc.pp.log1p(a)
+    path = tmp_path / "lognorm.h5ad"
+    a.write_h5ad(path)
+    out = tmp_path / "out.h5ad"
+    runs = semst_many(
+        {
+            "domains": ["domains", path, "-o", out, "--n-domains", "3", "--epochs", "1"],
+            "embed": ["embed", path, "-o", tmp_path / "llm.h5ad"],
+            "no_layer": ["domains", path, "-o", out, "--epochs", "1", "--layer", "raw"],
+        }
+    )
+    line = one_error_line(runs["domains"])
+    assert "adata.X has non-integer values" in line
+    assert "pass --layer NAME if a layer holds them (layers: 'counts')" in line
+    assert "pass --no-preprocess" in line and "preprocess=False" not in line
+    line = one_error_line(runs["embed"])
+    assert "pass --layer NAME" in line and "pass --ranking lognorm" in line and "counts_layer" not in line
+    line = one_error_line(runs["no_layer"])
+    assert "layer 'raw' not found" in line and "Leave out --layer to use X" in line
+    assert not out.exists()
+
+    proc = semst(
+        "domains", path, "-o", out, "--layer", "counts", "--model", "minilm", "--n-domains", "3",
+        "--epochs", "2", "--device", "cpu", timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = ad.read_h5ad(out)
+    assert res.uns[Key.uns.llm]["counts"] == "layers/counts"
+    assert res.uns[Key.uns.semst]["params"]["fusion"] == "fsm"
+    assert res.obs[Key.obs.domain].nunique() == 3
+    np.testing.assert_array_equal(res.X.toarray(), a.X.toarray())  # X written back as it was read

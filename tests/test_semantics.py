@@ -226,6 +226,49 @@ def test_scaled_ranking_reuses_preprocess_layer(tiny_bert, dlpfc):
     np.testing.assert_array_equal(reused.obsm[Key.obsm.llm], direct.obsm[Key.obsm.llm])
 
 
+@pytest.mark.parametrize("ranking", ["scaled", "lognorm"])
+def test_counts_in_a_layer_rank_as_counts_in_x(tiny_bert, dlpfc, ranking):
+    """scanpy's usual layout (log-normalised X, raw counts in layers['counts']): counts_layer gives the
+    vectors that the counts in X give; X itself is refused with the keyword that reads the layer."""
+    import scanpy as sc
+
+    kw = {"ranking": ranking, "use_cache": False, "progress": False, "copy": True}
+    a = dlpfc[:80].copy()
+    direct = semantic_embedding(a, str(tiny_bert), **kw)
+    a.layers["counts"] = a.X.copy()
+    sc.pp.normalize_total(a)
+    sc.pp.log1p(a)
+    from_layer = semantic_embedding(a, str(tiny_bert), counts_layer="counts", **kw)
+    np.testing.assert_array_equal(from_layer.obsm[Key.obsm.llm], direct.obsm[Key.obsm.llm])
+    assert from_layer.uns[Key.uns.llm]["counts"] == "layers/counts"
+    assert direct.uns[Key.uns.llm]["counts"] == "X"
+    with pytest.raises(KeyError, match=r"counts_layer=None to use adata\.X"):
+        semantic_embedding(a, str(tiny_bert), counts_layer="raw", **kw)
+    with pytest.raises(TypeError, match=r"hidden layer to pool.*pass counts_layer='counts'"):
+        semantic_embedding(a, str(tiny_bert), layer="counts", **kw)
+    if ranking == "scaled":
+        with pytest.raises(ValueError, match=r"pass counts_layer=<name>.*'counts'.*pass ranking='lognorm'"):
+            semantic_embedding(a, str(tiny_bert), **kw)
+
+
+def test_domains_with_a_model_reads_the_counts_layer_it_was_given(tiny_bert, dlpfc):
+    """tl.domains(layer='counts', model=...) ranks the genes for the semantics on that layer too (it used
+    to rank them on X and fail on a log-normalised X)."""
+    import scanpy as sc
+
+    from semst_sc.tl import domains
+
+    a = dlpfc[:120].copy()
+    a.layers["counts"] = a.X.copy()
+    sc.pp.normalize_total(a)
+    sc.pp.log1p(a)
+    x_before = a.X.copy()
+    domains(a, 3, layer="counts", model=str(tiny_bert), n_epochs=2, progress=False)
+    assert a.uns[Key.uns.llm]["counts"] == "layers/counts"
+    assert a.uns[Key.uns.semst]["params"]["fusion"] == "fsm"
+    assert (a.X != x_before).nnz == 0
+
+
 # ----------------------------------------------------------------------------------------------- causal models, prefix KV cache
 def test_prefix_cache_equals_plain_forward_qwen3(tiny_qwen, dlpfc):
     a = dlpfc[:60].copy()

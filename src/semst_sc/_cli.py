@@ -19,6 +19,7 @@ The heavy libraries (scanpy, torch, ...) are imported inside the subcommands, so
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._constants import CLUSTER_METHODS, CLUSTER_METRICS, FUSIONS, Default, Key
+from ._constants import CLUSTER_METHODS, CLUSTER_METRICS, FUSIONS, LLM_RANKINGS, Default, Key
 
 PROG = "semst"
 DEMO_N_DOMAINS = 7
@@ -104,6 +105,16 @@ def _setup_logging(quiet: bool) -> None:
 
     sc.settings.verbosity = 1 if quiet else 2  # warnings only / info
     sc.settings.logfile = sys.stderr
+    # the library's warnings suggest Python keywords: show this command line's options instead
+    for handler in getattr(getattr(sc.settings, "_root_logger", None), "handlers", []):
+        handler.addFilter(_CliTermsFilter())
+
+
+class _CliTermsFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = _in_cli_terms(record.msg)
+        return True
 
 
 def _logs_to_stderr(quiet: bool) -> None:
@@ -282,6 +293,8 @@ def _cmd_domains(args: argparse.Namespace) -> int:
         cluster_metric=args.cluster_metric,
         library_key=args.library_key,
         smooth_hops=args.smooth_hops,
+        layer=args.layer,
+        preprocess=not args.no_preprocess,
         model=args.model,
         seed=args.seed,
         device=args.device,
@@ -347,6 +360,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"device": args.device, "progress": not args.quiet}
     if args.top_k is not None:
         kwargs["top_k"] = args.top_k
+    if args.gene_symbols is not None:
+        kwargs["gene_symbols"] = args.gene_symbols
+    kwargs.update(counts_layer=args.layer, ranking=args.ranking)
     semst.tl.semantic_embedding(adata, model=args.model, **kwargs)
     elapsed = time.perf_counter() - start
     _write(adata, out)
@@ -568,6 +584,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="average the embedding over each spot's spatial neighbours N times before clustering; 2 suits "
         "small imaging panels (osmFISH), 0 Visium spots (default: %(default)s)",
     )
+    p.add_argument(
+        "--layer",
+        metavar="NAME",
+        default=None,
+        help="read the raw counts from IN's layers[NAME] instead of X (e.g. 'counts', when X is normalised)",
+    )
+    p.add_argument(
+        "--no-preprocess",
+        action="store_true",
+        help="the matrix (X or --layer) is already normalised and non-negative: use it as it is, every gene, "
+        "instead of running the method's preprocessing on raw counts",
+    )
     p.add_argument("--truth", metavar="KEY", default=None, help="obs column to evaluate the domains against")
     _add_run_options(p)
     p.add_argument("--overwrite", action="store_true", help="allow OUT to replace an existing file (even IN)")
@@ -612,6 +640,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT.h5ad", required=True)
     p.add_argument("--model", default=None, help="hub name or local folder (default: the bundled MiniLM)")
     p.add_argument("--top-k", type=_positive_int, default=None, help="top genes per spot in the prompt")
+    p.add_argument(
+        "--layer",
+        metavar="NAME",
+        default=None,
+        help="rank the genes on the raw counts in IN's layers[NAME] instead of X (e.g. 'counts')",
+    )
+    p.add_argument(
+        "--ranking",
+        choices=LLM_RANKINGS,
+        default="scaled",
+        help="how genes are ranked within a spot: the paper's scaled highly variable genes, on raw counts, or "
+        "log-normalised values of every gene, for a matrix that is already normalised (default: %(default)s)",
+    )
+    p.add_argument(
+        "--gene-symbols",
+        metavar="COLUMN",
+        default=None,
+        help="var column with the gene symbols, when var_names are not symbols (default: var_names, or a "
+        "symbol column found by name when var_names are Ensembl ids)",
+    )
     p.add_argument("--device", default=None, help="'cpu', 'cuda', ... (default: CUDA if available)")
     p.add_argument("--overwrite", action="store_true", help="allow OUT to replace an existing file (even IN)")
     _add_common(p)
@@ -682,6 +730,32 @@ def _message(err: BaseException) -> str:
     return " ".join(text.split())  # one line
 
 
+#: The Python keywords that error messages of the library suggest, as the options of this command line.
+_CLI_TERMS = (
+    ("pass layer=<name> if a layer holds them", "pass --layer NAME if a layer holds them"),
+    ("pass counts_layer=<name> if a layer holds them", "pass --layer NAME if a layer holds them"),
+    ("pass layer='counts' (the layer's name)", "pass --layer NAME (the layer's name)"),
+    ("pass counts_layer='counts' (the layer's name)", "pass --layer NAME (the layer's name)"),
+    ("pass ranking='lognorm'", "pass --ranking lognorm"),
+    ("Pass counts_layer=None to use adata.X", "Leave out --layer to use X"),
+    ("pass counts_layer=None to use adata.X", "leave out --layer to use X"),
+    ("pass preprocess=False to semst.tl.domains", "pass --no-preprocess"),
+    ("pass gene_symbols='<column>'", "pass --gene-symbols COLUMN"),
+    ("pass gene_symbols= with", "pass --gene-symbols with"),
+    ("Pass layer=None to use adata.X", "Leave out --layer to use X"),
+    (
+        "Run semst.tl.semantic_embedding(adata) first, or pass model=... to semst.tl.domains",
+        "Run `semst embed` on IN first, or pass --model (e.g. --model minilm)",
+    ),
+)
+
+
+def _in_cli_terms(text: str) -> str:
+    for python, cli in _CLI_TERMS:
+        text = text.replace(python, cli)
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``semst`` console script; returns the exit status."""
     parser = build_parser()
@@ -705,7 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as err:
         if args.traceback:
             raise
-        print(f"{PROG}: error: {_message(err)}", file=sys.stderr)
+        print(f"{PROG}: error: {_in_cli_terms(_message(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -229,25 +229,35 @@ def _blocks(values: np.ndarray) -> Iterable[np.ndarray]:
         yield values[start : start + _BLOCK]
 
 
-def _counts_advice(adata: AnnData | None) -> str:
-    """Where the counts may be instead: the layers present, ``adata.raw``, or ``preprocess=False``."""
+#: What to do with a matrix that is already normalised, by default (``tl.domains``' own way out).
+NORMALISED_HINT = "for a matrix already normalised, pass preprocess=False to semst.tl.domains"
+
+
+def _counts_advice(
+    adata: AnnData | None, layer_param: str = "layer", normalised: str = NORMALISED_HINT
+) -> str:
+    """Where the counts may be instead: the layers present, ``adata.raw``, or what takes normalised data."""
     advice = "semst expects raw integer UMI counts in adata.X"
     layers = [] if adata is None else list(adata.layers.keys())
     if layers:
-        advice += f"; pass layer=<name> if a layer holds them (layers: {', '.join(map(repr, layers[:8]))})"
+        advice += (
+            f"; pass {layer_param}=<name> if a layer holds them (layers: {', '.join(map(repr, layers[:8]))})"
+        )
     else:
-        advice += "; pass layer='counts' (the layer's name) if they are in a layer"
+        advice += f"; pass {layer_param}='counts' (the layer's name) if they are in a layer"
     if adata is not None and adata.raw is not None:
         advice += (
             "; adata.raw is set: if it holds the counts, run on adata.raw.to_adata() (same spots and "
             "coordinates)"
         )
-    return advice + "; or, for a matrix already normalised, pass preprocess=False to semst.tl.domains"
+    return advice + f"; or, {normalised}"
 
 
-def _check_count_values(values: np.ndarray, where: str, adata: AnnData | None = None) -> None:
+def _check_count_values(
+    values: np.ndarray, where: str, adata: AnnData | None = None, advice: str = ""
+) -> None:
     """Raise on NaN, infinite, negative or non-integer entries of a flat array of stored values."""
-    advice = _counts_advice(adata)
+    advice = advice or _counts_advice(adata)
     if values.dtype.kind in "iu":
         if values.dtype.kind == "i" and values.size and values.min() < 0:
             raise ValueError(f"{where} has negative values. {advice}.")
@@ -265,7 +275,9 @@ def _check_count_values(values: np.ndarray, where: str, adata: AnnData | None = 
             )
 
 
-def get_counts(adata: AnnData, layer: str | None = None) -> sparse.csr_matrix:
+def get_counts(
+    adata: AnnData, layer: str | None = None, *, layer_param: str = "layer", normalised: str = NORMALISED_HINT
+) -> sparse.csr_matrix:
     """Return the raw counts of ``adata`` as a float32 CSR matrix, after checking them.
 
     The check scans only the stored values of a sparse matrix, in blocks, so it stays cheap on millions of
@@ -278,6 +290,9 @@ def get_counts(adata: AnnData, layer: str | None = None) -> sparse.csr_matrix:
         The AnnData.
     layer
         Layer with the counts; ``None`` reads ``adata.X``.
+    layer_param, normalised
+        For the messages: the caller's name for ``layer``, and what the caller offers for a matrix that is
+        already normalised (a clause starting "for a matrix already normalised, ...").
 
     Raises
     ------
@@ -291,24 +306,27 @@ def get_counts(adata: AnnData, layer: str | None = None) -> sparse.csr_matrix:
     if layer is None:
         X, where = adata.X, "adata.X"
         if X is None:
-            raise ValueError("adata.X is empty (None); put the raw counts in adata.X or pass layer=.")
+            raise ValueError(
+                f"adata.X is empty (None); put the raw counts in adata.X or pass {layer_param}=."
+            )
     else:
         if layer not in adata.layers:
             present = ", ".join(map(repr, adata.layers.keys())) or "none"
             raise KeyError(
-                f"layer {layer!r} not found in adata.layers (layers present: {present}). Pass layer=None "
+                f"layer {layer!r} not found in adata.layers (layers present: {present}). Pass {layer_param}=None "
                 "to use adata.X."
             )
         X, where = adata.layers[layer], f"adata.layers[{layer!r}]"
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(f"{where} has shape {adata.shape}; it needs at least one spot and one gene.")
 
+    advice = _counts_advice(adata, layer_param, normalised)
     if sparse.issparse(X):
-        _check_count_values(X.data, where, adata)
+        _check_count_values(X.data, where, adata, advice)
         counts = sparse.csr_matrix(X) if X.format != "csr" else X
     else:
         arr = np.asarray(X)
-        _check_count_values(arr.reshape(-1), where, adata)
+        _check_count_values(arr.reshape(-1), where, adata, advice)
         counts = sparse.csr_matrix(arr)
     if counts.dtype != np.float32:
         counts = counts.astype(np.float32)

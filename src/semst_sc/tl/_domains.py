@@ -133,7 +133,8 @@ def domains(
         (``benchmarks/README.md``). ``obsm[embedding_key]`` keeps the learned embedding either way.
     model
         A language model (hub name or local folder) to compute ``obsm[llm_key]`` with
-        :func:`semst_sc.tl.semantic_embedding` first, when that slot is absent.
+        :func:`semst_sc.tl.semantic_embedding` first, when that slot is absent; its genes are ranked on the
+        same raw counts as the network's input (``layer``, with ``preprocess=True``).
     latent_dim, hidden_dim
         Embedding and hidden widths (the paper's DLPFC widths). Halved (``hidden_dim=128, latent_dim=64``),
         the DLPFC call took 0.60x the time at the same accuracy (ARI 0.474 +- 0.047 against 0.476 +- 0.043,
@@ -258,7 +259,11 @@ def domains(
     if model is not None and llm_key not in adata.obsm:
         from ._semantic import semantic_embedding
 
-        semantic_embedding(adata, model, key_added=llm_key, device=device, progress=progress)
+        # the genes are ranked on the counts the network reads (``layer``), or on X when it is preprocessed
+        counts_layer = layer if preprocess else None
+        semantic_embedding(
+            adata, model, key_added=llm_key, counts_layer=counts_layer, device=device, progress=progress
+        )
 
     logg.info("semst.tl.domains: preparing inputs")
     semst = SemST(

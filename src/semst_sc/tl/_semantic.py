@@ -56,6 +56,7 @@ def semantic_embedding(
     mode: str = "prompt",
     ranking: str = "scaled",
     n_top_genes: int = Default.n_top_genes,
+    counts_layer: str | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
     pooling: str = "mean",
@@ -107,6 +108,11 @@ def semantic_embedding(
         Highly variable genes of the ``"scaled"`` ranking when it is computed here (the paper: 3000; 2000 on
         breast cancer; 128 on the 1020-gene STARmap panel). Ignored when the layer of
         :func:`~semst_sc.pp.preprocess` is used, and for ``"lognorm"``.
+    counts_layer
+        Layer of ``adata.layers`` that holds the raw counts the genes are ranked on; ``None``: ``adata.X``.
+        For example ``'counts'`` when ``X`` holds log-normalised values, as after scanpy's usual
+        ``normalize_total`` + ``log1p``. Not read when ``ranking='scaled'`` finds the layer of
+        :func:`semst_sc.pp.preprocess`.
     template
         Prompt text with the placeholder ``{genes}`` and optionally ``{system}``. `None`: the paper's
         chat prompt (ChatML, as for Qwen) for causal models; ``"Highly expressed genes: {genes}"`` for
@@ -172,6 +178,15 @@ def semantic_embedding(
     _check_choice("pooling", pooling, LLM_POOLINGS)
     _check_int("batch_size", batch_size)
     _check_int("n_top_genes", n_top_genes)
+    if isinstance(layer, str):
+        raise TypeError(
+            f"layer is the language model's hidden layer to pool (an integer index); for raw counts in "
+            f"adata.layers[{layer!r}] pass counts_layer={layer!r}."
+        )
+    if counts_layer is not None and not isinstance(counts_layer, str):
+        raise TypeError(
+            f"counts_layer must be None or the name of a layer, got {type(counts_layer).__name__}"
+        )
     if layer is not None and (isinstance(layer, bool) or not isinstance(layer, Integral)):
         raise TypeError(
             f"layer must be None or an integer index into the hidden states, got {type(layer).__name__}"
@@ -206,9 +221,23 @@ def semantic_embedding(
     if use_layer:
         counts = None
     elif ranking == "scaled":
-        counts = get_counts(adata)  # raw integer counts: Seurat-v3 gene selection works on counts
-    else:
+        # raw integer counts: Seurat-v3 gene selection works on counts
+        counts = get_counts(
+            adata,
+            layer=counts_layer,
+            layer_param="counts_layer",
+            normalised="for a matrix already normalised (non-negative), pass ranking='lognorm'",
+        )
+    elif counts_layer is None:
         counts = _ranking.as_counts_csr(adata.X)
+    elif counts_layer in adata.layers:
+        counts = _ranking.as_counts_csr(adata.layers[counts_layer])
+    else:
+        present = ", ".join(map(repr, adata.layers.keys())) or "none"
+        raise KeyError(
+            f"counts_layer={counts_layer!r} is not a layer of adata (layers present: {present}); pass "
+            "counts_layer=None to use adata.X."
+        )
 
     # load the model (kept in memory for the next call) before the ranking work
     t0 = time.perf_counter()
@@ -301,6 +330,7 @@ def semantic_embedding(
         "top_k": int(top_k),
         "ranking": ranking,
         "ranking_source": rank_source,
+        "counts": "not read" if use_layer else ("X" if counts_layer is None else f"layers/{counts_layer}"),
         "n_ranked_genes": int(rank.X.shape[1]),
         "gene_symbols": symbol_source,
         "mode": mode,
