@@ -461,6 +461,30 @@ def test_ema_decay_is_recorded_and_changes_the_embedding(adata):
         ("float_counts", {"n_domains": 3}, ValueError, "integer"),
         ("no_spatial", {"n_domains": 3}, KeyError, "spatial"),
         ("negative_preprocessed", {"n_domains": 3, "preprocess": False}, ValueError, "negative"),
+        (None, {"n_domains": 3, "seed": None}, TypeError, r"seed must be an integer in \[0, 2\*\*32\)"),
+        (
+            None,
+            {"n_domains": 3, "seed": 1.5},
+            TypeError,
+            "seed must be an integer",
+        ),  # was refused after training
+        (None, {"n_domains": 3, "seed": -1}, ValueError, "seed must be in"),
+        # an annotation column, the coordinates and the semantics are never written over
+        (
+            None,
+            {"n_domains": 3, "key_added": "layer_guess_reordered"},
+            ValueError,
+            r"would overwrite adata\.obs\['layer_guess_reordered'\], which semst-sc did not write.*key_added=",
+        ),
+        (None, {"n_domains": 3, "embedding_key": "spatial"}, ValueError, "the key of an input"),
+        (None, {"n_domains": 3, "embedding_key": "X_llm"}, ValueError, "the key of an input"),
+        (
+            "user_obsm",
+            {"n_domains": 3, "embedding_key": "X_pca"},
+            ValueError,
+            r"obsm\['X_pca'\].*embedding_key=",
+        ),
+        (None, {"n_domains": 3, "key_added": ""}, TypeError, "key_added must be a non-empty string"),
     ],
 )
 def test_bad_input_raises_and_leaves_adata_unchanged(adata, mutate, kwargs, exc, match):
@@ -476,6 +500,8 @@ def test_bad_input_raises_and_leaves_adata_unchanged(adata, mutate, kwargs, exc,
         adata.X = adata.X.astype(np.float32) * 0.5
     elif mutate == "no_spatial":
         del adata.obsm[Key.obsm.spatial]
+    elif mutate == "user_obsm":
+        adata.obsm["X_pca"] = np.zeros((adata.n_obs, 3))
     elif mutate == "negative_preprocessed":
         adata.X = adata.X.copy()
         adata.X.data[0] = -1.0
@@ -484,6 +510,26 @@ def test_bad_input_raises_and_leaves_adata_unchanged(adata, mutate, kwargs, exc,
     with pytest.raises(exc, match=match):
         semst.tl.domains(adata, **kwargs)
     _assert_unchanged(adata, snap)
+
+
+def test_own_keys_are_rewritten_after_reloading_and_recluster(adata, tmp_path):
+    """A run's own columns may be written again, by a later run or by recluster, also after save and load
+    (the keys it wrote are kept in uns['semst']['written_keys']); the annotation stays refused."""
+    kw = {"n_epochs": 2, "progress": False}
+    semst.tl.domains(adata, 3, key_added="dom_a", embedding_key="emb_a", **kw)
+    semst.tl.recluster(adata, 4, key_added="dom_a4")
+    semst.tl.domains(adata, 3, **kw)  # the defaults: the record now names semst_domain / X_semst
+    adata.write_h5ad(tmp_path / "run.h5ad")
+    back = ad.read_h5ad(tmp_path / "run.h5ad")
+    written = set(back.uns[Key.uns.semst]["written_keys"]["obs"])
+    assert {"dom_a", "dom_a4", Key.obs.domain} <= written
+    semst.tl.domains(back, 2, key_added="dom_a", embedding_key="emb_a", **kw)
+    semst.tl.recluster(back, 2, key_added="dom_a4")
+    assert back.obs["dom_a"].cat.categories.size == 2 and back.obs["dom_a4"].cat.categories.size == 2
+    truth = back.obs["layer_guess_reordered"].copy()
+    with pytest.raises(ValueError, match=r"semst\.tl\.recluster would overwrite adata\.obs\['layer_guess"):
+        semst.tl.recluster(back, 3, key_added="layer_guess_reordered")
+    pd.testing.assert_series_equal(back.obs["layer_guess_reordered"], truth)
 
 
 def test_view_is_rejected(demo):

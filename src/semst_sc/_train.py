@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ._constants import Default
 from ._utils import check_ema_decay, check_zinb_fraction
+from ._validation import check_seed
 from .nn import SemSTModule, ZINBTarget, edge_index, normalize_adjacency, scipy_to_torch_csr
 from .nn._losses import SPATIAL_WEIGHTINGS
 
@@ -111,11 +112,7 @@ def seed_everything(seed: int) -> None:
     Deterministic algorithms are switched on by :func:`train` for the duration of a CPU run (and restored
     afterwards), not here, so that seeding has no lasting global side effect beyond the seeds.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise TypeError(f"`seed` must be an integer, got {type(seed).__name__}.")
-    seed = int(seed)
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"`seed` must be in [0, 2**32), got {seed}.")
+    seed = check_seed(seed)
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - the legacy global generator is what other libraries draw from
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -77,6 +77,16 @@ def check_in_memory(adata: AnnData, *, fn: str) -> None:
         )
 
 
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """A random seed: an integer (``bool`` refused) in [0, 2**32), as numpy, torch and scikit-learn take."""
+    if isinstance(seed, bool) or not isinstance(seed, Integral):
+        raise TypeError(f"{name} must be an integer in [0, 2**32), got {seed!r}.")
+    seed = int(seed)
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"{name} must be in [0, 2**32), got {seed}.")
+    return seed
+
+
 def check_choice(name: str, value: Any, options: Iterable[Any]) -> None:
     """Raise a ``ValueError`` listing the valid options when ``value`` is not one of them."""
     options = tuple(options)

@@ -12,7 +12,7 @@ from scanpy import logging as logg
 
 from .._constants import BACKENDS, CLUSTER_METHODS, CLUSTER_METRICS, FUSIONS, SPATIAL_WEIGHTINGS, Default, Key
 from .._utils import check_ema_decay, check_zinb_fraction
-from .._validation import check_anndata, check_choice, check_n_hops
+from .._validation import check_anndata, check_choice, check_n_hops, check_seed
 from ._cluster import DEFAULT_K_RANGE, cluster_embedding, estimate_n_domains, smooth_embedding, smooth_labels
 from ._semst import SemST, _versions
 
@@ -26,6 +26,33 @@ def _check_n_domains(n_domains: int | None, n_obs: int) -> None:
         raise ValueError(
             f"n_domains must be between 2 and the number of spots ({n_obs}), got {n_domains}; "
             "pass n_domains=None to estimate it"
+        )
+
+
+def written_keys(adata: AnnData) -> dict[str, set[str]]:
+    """The ``obs`` and ``obsm`` keys semst-sc's runs wrote into ``adata`` (the defaults always count)."""
+    run = adata.uns.get(Key.uns.semst, {})
+    run = run if isinstance(run, dict) else {}
+    keys = {"obs": {Key.obs.domain}, "obsm": {Key.obsm.semst}}
+    for slot in keys:
+        stored = run.get("written_keys", {})
+        if isinstance(stored, dict) and slot in stored:
+            keys[slot].update(str(k) for k in np.asarray(stored[slot], dtype=object).ravel())
+    if "domain_key" in run:
+        keys["obs"].add(str(run["domain_key"]))
+    if "embedding_key" in run:
+        keys["obsm"].add(str(run["embedding_key"]))
+    if isinstance(run.get("reclustered"), dict):
+        keys["obs"].update(map(str, run["reclustered"]))
+    return keys
+
+
+def check_not_users(adata: AnnData, slot: str, key: str, param: str, fn: str) -> None:
+    """Refuse to overwrite ``adata.<slot>[key]`` when semst-sc did not write it (an annotation, say)."""
+    if key in getattr(adata, slot) and key not in written_keys(adata)[slot]:
+        raise ValueError(
+            f"{fn} would overwrite adata.{slot}[{key!r}], which semst-sc did not write. Pass another "
+            f"{param}=, or remove it first (`del adata.{slot}[{key!r}]`) if it is to be replaced."
         )
 
 
@@ -201,7 +228,11 @@ def domains(
     early_stopping
         Label-free early stopping on the training loss plateau.
     llm_key, key_added, embedding_key, spatial_key
-        Slots read and written.
+        Slots read and written. ``obs[key_added]`` and ``obsm[embedding_key]`` are written over only when
+        semst-sc wrote them (the default keys, or keys of earlier runs and reclusterings, listed in
+        ``uns['semst']['written_keys']``): a column or array it did not write, such as an annotation,
+        is refused with a ValueError before any work, and ``embedding_key`` may not name the coordinates
+        or the semantics.
     seed
         One seed for numpy, torch and clustering. On the CPU the same seed gives the same labels with the
         same number of torch threads on the same kind of processor (both are recorded in
@@ -247,6 +278,17 @@ def domains(
     check_ema_decay(ema_decay)
     smooth_hops = check_n_hops(smooth_hops, "smooth_hops")
     _library_codes(adata, library_key)  # before the semantic embedding writes anything
+    seed = check_seed(seed)
+    for name, value in (("key_added", key_added), ("embedding_key", embedding_key)):
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"{name} must be a non-empty string, got {value!r}.")
+    if embedding_key in (spatial_key, llm_key):
+        raise ValueError(
+            f"embedding_key={embedding_key!r} is the key of an input of tl.domains (the coordinates or the "
+            "semantics); pass another one."
+        )
+    check_not_users(adata, "obs", key_added, "key_added", "semst.tl.domains")
+    check_not_users(adata, "obsm", embedding_key, "embedding_key", "semst.tl.domains")
     if backend == "dgl":
         from .._train import resolve_device
         from ..nn._dgl import check_dgl_device, require_dgl
@@ -338,7 +380,10 @@ def domains(
         "train_s": float(semst.train_time),
         "domain_key": key_added,
         "embedding_key": embedding_key,
+        "written_keys": {slot: sorted(keys) for slot, keys in written_keys(adata).items()},
     }
+    uns["written_keys"]["obs"] = sorted({*uns["written_keys"]["obs"], key_added})
+    uns["written_keys"]["obsm"] = sorted({*uns["written_keys"]["obsm"], embedding_key})
     if selection is not None:
         uns["domain_selection"] = selection.to_uns()
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import CLUSTER_METHODS, CLUSTER_METRICS, Default, Key
-from .._validation import check_anndata, check_choice, check_n_hops, check_obsm
+from .._validation import check_anndata, check_choice, check_n_hops, check_obsm, check_seed
 from ._cluster import DEFAULT_K_RANGE, cluster_embedding, estimate_n_domains, smooth_embedding, smooth_labels
-from ._domains import _check_n_domains, labels_to_categorical
+from ._domains import _check_n_domains, check_not_users, labels_to_categorical
 
 #: Clustering settings of ``tl.domains`` that ``recluster`` reads back from ``uns['semst']['params']``.
 _SETTINGS = {
@@ -66,7 +65,8 @@ def recluster(
     key_added
         Column of ``adata.obs`` to write. ``None``: the run's own (``obs['semst_domain']``), which is then
         replaced, and ``uns['semst']['params']`` is updated to say how it was made. Another name keeps the
-        run's domains; its settings are stored in ``uns['semst']['reclustered'][key_added]``.
+        run's domains; its settings are stored in ``uns['semst']['reclustered'][key_added]``. A column
+        semst-sc did not write (an annotation, say) is refused, as in :func:`~semst_sc.tl.domains`.
     cluster_method, cluster_metric, smooth, smooth_hops, seed
         As in :func:`~semst_sc.tl.domains`; ``None`` takes the run's value.
     k_range
@@ -104,9 +104,7 @@ def recluster(
     check_choice("cluster_method", used["cluster_method"], CLUSTER_METHODS)
     check_choice("cluster_metric", used["cluster_metric"], CLUSTER_METRICS)
     used["smooth_hops"] = check_n_hops(used["smooth_hops"], "smooth_hops")
-    if isinstance(used["seed"], bool) or not isinstance(used["seed"], int | np.integer):
-        raise TypeError(f"seed must be an integer, got {used['seed']!r}.")
-    used["seed"], used["smooth"] = int(used["seed"]), bool(used["smooth"])
+    used["seed"], used["smooth"] = check_seed(used["seed"]), bool(used["smooth"])
     embedding_key = str(run.get("embedding_key", Key.obsm.semst))
     emb = check_obsm(adata, embedding_key, n_obs=adata.n_obs, made_by="semst.tl.domains")
     needs_graph = used["smooth"] or used["smooth_hops"] > 0
@@ -119,6 +117,7 @@ def recluster(
     key_added = own_key if key_added is None else key_added
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    check_not_users(adata, "obs", key_added, "key_added", "semst.tl.recluster")
     if copy:
         adata = adata.copy()
         run = adata.uns[Key.uns.semst]
