@@ -392,6 +392,8 @@ def test_show_means_what_it_means_in_scanpy(adata, draw, monkeypatch):
     plt.close("all")
     with pytest.raises(TypeError, match="show must be True, False or None"):
         draw(adata, show="yes")
+    with pytest.raises(ValueError, match=r"\.xyz is not an image format.*\.png"):
+        draw(adata, save="figure.xyz")
     assert plt.get_fignums() == []  # refused before anything was drawn
 
 

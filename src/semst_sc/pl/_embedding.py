@@ -127,7 +127,7 @@ def embedding(
     ``adata.uns[key_added]['params']`` and ``adata.uns['<key>_colors']`` for categorical keys without
     a valid palette.
     """
-    check_show(show)
+    check_show(show, save)
     import scanpy as sc
 
     check_adata(adata)

@@ -168,7 +168,7 @@ def spatial(
     >>> adata = semst.datasets.demo()
     >>> semst.pl.spatial(adata, color="layer_guess_reordered")
     """
-    check_show(show)
+    check_show(show, save)
     check_adata(adata)
     keys = as_key_list(color)
     check_obsm(adata, spatial_key)
@@ -289,7 +289,7 @@ def compare(
     palette of the predicted domains in ``adata.uns`` is left unchanged (the matched colours are
     specific to this comparison).
     """
-    check_show(show)
+    check_show(show, save)
     from ..tl._metrics import ari as adjusted_rand_index
 
     check_adata(adata)

@@ -86,7 +86,7 @@ def loss(
     -------
     The axes if ``return_ax=True``, else ``None``.
     """
-    check_show(show)
+    check_show(show, save)
     check_adata(adata)
     hist = _history(semst_result(adata, key), key)
     if components is not None:
@@ -163,7 +163,7 @@ def domain_selection(
     -------
     The axes if ``return_ax=True``, else ``None``.
     """
-    check_show(show)
+    check_show(show, save)
     check_adata(adata)
     rec = semst_result(adata, key)
     sel = rec.get("domain_selection")

@@ -101,10 +101,28 @@ def new_axes(ax: Axes | None, figsize: tuple[float, float] | None = None) -> tup
     return ax.figure, ax
 
 
-def check_show(show: Any) -> None:
-    """Refuse a ``show`` other than True, False or None before anything is drawn."""
+def check_show(show: Any, save: Any = None) -> None:
+    """Refuse, before anything is drawn, a ``show`` other than True, False or None and a ``save`` path in
+    a format matplotlib cannot write."""
     if show is not None and not isinstance(show, bool):
         raise TypeError(f"show must be True, False or None, got {show!r}.")
+    if save is None:
+        return
+    if not isinstance(save, str | Path):
+        raise TypeError(f"save must be a file path (str or pathlib.Path), got {type(save).__name__}.")
+    formats = _supported_formats()
+    ext = Path(save).suffix.lower().lstrip(".")
+    if ext and ext not in formats:  # no extension: matplotlib writes its default format (png)
+        raise ValueError(
+            f"save={str(save)!r}: .{ext} is not an image format matplotlib writes; end the name with one of "
+            f"{', '.join('.' + f for f in sorted(formats))}."
+        )
+
+
+def _supported_formats() -> set[str]:
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return set(FigureCanvasBase.get_supported_filetypes())
 
 
 def finish(
@@ -119,7 +137,7 @@ def finish(
 
     ``show`` is scanpy's: ``True`` shows the figure, ``False`` returns the axes (as ``return_ax=True``).
     """
-    check_show(show)
+    check_show(show, save)
     if save is not None:
         path = Path(save)
         if path.parent != Path() and not path.parent.exists():
