@@ -552,6 +552,29 @@ def test_class_api_save_load_roundtrip(adata, tmp_path):
         semst.tl.SemST(adata).get_embedding()
 
 
+def test_class_api_load_runs_no_code_from_the_file(adata, tmp_path):
+    """SemST.save writes tensors and plain values only, read back with weights_only=True; a file with other
+    Python objects (a model saved before this change, or anything else) is read only when trusted."""
+    model = semst.tl.SemST(adata, seed=0)
+    model.train(2, progress=False)
+    path = tmp_path / "semst.pt"
+    model.save(path)
+    torch.load(path, weights_only=True)  # the format itself: no pickled numpy arrays
+    state = torch.load(path, weights_only=True)
+    state["history"] = {k: np.asarray(v) for k, v in state["history"].items()}  # the former format
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    with pytest.raises(ValueError, match="trusted=True"):
+        semst.tl.SemST.load(old, adata)
+    again = semst.tl.SemST.load(old, adata, trusted=True)
+    np.testing.assert_allclose(again.get_embedding(), model.get_embedding(), rtol=1e-5, atol=1e-6)
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"not a model written by semst\.tl\.SemST\.save"):
+        semst.tl.SemST.load(tmp_path / "other.pt", adata)
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        semst.tl.SemST.load(tmp_path / "missing.pt", adata)
+
+
 def test_bfloat16_precision_trains_is_recorded_and_reloads(adata, tmp_path, monkeypatch):
     model = semst.tl.SemST(adata, seed=0, precision="bfloat16")
     assert model.module.precision == "bfloat16" and model.params["precision"] == "bfloat16"

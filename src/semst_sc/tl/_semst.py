@@ -644,6 +644,8 @@ class SemST:
         """
         import torch
 
+        from .._train import _plain
+
         if not self.trained:
             raise RuntimeError("nothing to save: call .train() first")
         state = {
@@ -654,18 +656,40 @@ class SemST:
             "versions": _versions(),
             "environment": dict(self.environment),
         }
-        torch.save(state, Path(path))
+        # tensors and plain Python values only, so that load() can read the file with weights_only=True
+        torch.save({"state_dict": state.pop("state_dict"), **_plain(state)}, Path(path))
 
     @classmethod
-    def load(cls, path: str | Path, adata: AnnData, *, device: str | None = None) -> SemST:
+    def load(
+        cls, path: str | Path, adata: AnnData, *, device: str | None = None, trusted: bool = False
+    ) -> SemST:
         """Rebuild the model for ``adata`` from a file written by :meth:`save`.
 
         ``adata`` must carry the genes the model was trained on; the inputs are prepared from it the same
-        way as in training.
+        way as in training. The file is read with ``torch.load(..., weights_only=True)``, which runs no
+        code from it. Files saved before 2026-12-07 also hold numpy arrays, which that refuses; pass
+        ``trusted=True`` to read such a file that you trust (a full unpickling, which can run code).
         """
+        import pickle
+
         import torch
 
-        state = torch.load(Path(path), map_location="cpu", weights_only=False)
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no model file at {path}; write one with SemST.save(path) after .train()."
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=not trusted)
+        except pickle.UnpicklingError as err:
+            raise ValueError(
+                f"{path} holds Python objects besides tensors, so it was not read (weights_only=True runs no "
+                "code from a file). A semst-sc model saved before 2026-12-07 is such a file: if you trust "
+                "it, pass trusted=True."
+            ) from err
+        if not isinstance(state, dict) or not {"state_dict", "params", "genes"} <= set(state):
+            raise ValueError(f"{path} is not a model written by semst.tl.SemST.save.")
+        state["history"] = {k: np.asarray(v) for k, v in state.get("history", {}).items()}
         p = dict(state["params"])
         prep_keys = {
             k: p[k]
