@@ -347,6 +347,14 @@ def test_recluster_writes_another_number_of_domains(dlpfc_crop, tmp_path):
     ad.read_h5ad(dlpfc_crop).write_h5ad(bare)
     line = one_error_line(semst("recluster", bare, "-o", tmp_path / "x.h5ad", "--n-domains", "3"))
     assert "run `semst domains` on it first" in line and not (tmp_path / "x.h5ad").exists()
+    # an annotation column is not written over; the advice is in this command line's terms
+    line = one_error_line(
+        semst("recluster", trained, "-o", tmp_path / "y.h5ad", "--key-added", "layer_guess_reordered")
+    )
+    assert "would overwrite adata.obs['layer_guess_reordered']" in line
+    assert line.endswith("Pass another --key-added.") and not (tmp_path / "y.h5ad").exists()
+    line = one_error_line(semst("plot", trained, "-o", tmp_path / "sel.png", "--kind", "domain_selection"))
+    assert "run `semst domains` without --n-domains" in line and "tl.domains(" not in line
 
 
 @pytest.mark.slow

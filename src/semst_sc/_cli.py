@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -750,9 +751,21 @@ _CLI_TERMS = (
 )
 
 
+#: The same for advice that names a key of the AnnData: (regular expression, replacement).
+_CLI_PATTERNS = (
+    (
+        r"Pass another key_added=, or remove it first \(`del adata\.obs\['[^']*'\]`\) if it is to be replaced\.",
+        "Pass another --key-added.",
+    ),
+    (r"run semst\.tl\.domains\(adata, n_domains=None\) first", "run `semst domains` without --n-domains"),
+)
+
+
 def _in_cli_terms(text: str) -> str:
     for python, cli in _CLI_TERMS:
         text = text.replace(python, cli)
+    for pattern, cli in _CLI_PATTERNS:
+        text = re.sub(pattern, cli, text)
     return text
 
 
