@@ -628,3 +628,20 @@ def test_token_bank_common_prefix():
     seqs[-1] = [5, 4, 7, 8]
     bank = TokenBank(np.concatenate(seqs), np.array([len(s) for s in seqs]))
     assert bank.common_prefix_length(3, chunk=4) == 1
+
+
+def test_key_added_never_writes_over_an_array_it_did_not_write(tiny_bert, dlpfc):
+    a = dlpfc[:60].copy()
+    kw = {"ranking": "lognorm", "use_cache": False, "progress": False}
+    a.obsm["X_pca"] = np.zeros((a.n_obs, 3))
+    coords = a.obsm["spatial"].copy()
+    for key in ("X_pca", "spatial", Key.obsm.semst):
+        a.obsm.setdefault(key, np.zeros((a.n_obs, 2)))
+        with pytest.raises(ValueError, match=rf"would overwrite adata\.obsm\['{key}'\].*key_added="):
+            semantic_embedding(a, str(tiny_bert), key_added=key, **kw)
+    np.testing.assert_array_equal(a.obsm["spatial"], coords)
+    assert not a.obsm["X_pca"].any()
+    semantic_embedding(a, str(tiny_bert), key_added="X_llm_tiny", **kw)
+    semantic_embedding(a, str(tiny_bert), **kw)  # the default key, next to the other
+    semantic_embedding(a, str(tiny_bert), key_added="X_llm_tiny", **kw)  # its own key, written again
+    assert set(a.uns[Key.uns.llm]["written_keys"]) == {Key.obsm.llm, "X_llm_tiny"}

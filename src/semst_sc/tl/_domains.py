@@ -47,9 +47,16 @@ def written_keys(adata: AnnData) -> dict[str, set[str]]:
     return keys
 
 
-def check_not_users(adata: AnnData, slot: str, key: str, param: str, fn: str) -> None:
-    """Refuse to overwrite ``adata.<slot>[key]`` when semst-sc did not write it (an annotation, say)."""
-    if key in getattr(adata, slot) and key not in written_keys(adata)[slot]:
+def check_not_users(
+    adata: AnnData, slot: str, key: str, param: str, fn: str, ours: set[str] | None = None
+) -> None:
+    """Refuse to overwrite ``adata.<slot>[key]`` when semst-sc did not write it (an annotation, say).
+
+    ``ours``: the keys of that slot the calling function may write again (default: those of
+    :func:`written_keys`, the runs of ``tl.domains`` and ``tl.recluster``).
+    """
+    ours = written_keys(adata)[slot] if ours is None else ours
+    if key in getattr(adata, slot) and key not in ours:
         raise ValueError(
             f"{fn} would overwrite adata.{slot}[{key!r}], which semst-sc did not write. Pass another "
             f"{param}=, or remove it first (`del adata.{slot}[{key!r}]`) if it is to be replaced."

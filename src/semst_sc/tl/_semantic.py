@@ -48,6 +48,15 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
+def _llm_keys(adata: AnnData) -> set[str]:
+    """The ``obsm`` keys semantic embeddings were written to (the default always counts)."""
+    record = adata.uns.get(Key.uns.llm, {})
+    keys = {Key.obsm.llm}
+    if isinstance(record, dict) and "written_keys" in record:
+        keys.update(str(k) for k in np.asarray(record["written_keys"], dtype=object).ravel())
+    return keys
+
+
 def semantic_embedding(
     adata: AnnData,
     model: str | os.PathLike | None = None,
@@ -151,7 +160,9 @@ def semantic_embedding(
         Reuse the key/value cache of the prompt prefix shared by all prompts (causal models). `None`: when
         it applies; the first prompt is checked against the plain forward pass before use.
     key_added
-        Key in ``obsm`` for the vectors.
+        Key in ``obsm`` for the vectors. An ``obsm`` array this function did not write (``'X_pca'``,
+        ``'spatial'``, ``tl.domains``' ``'X_semst'``) is refused with a ValueError before the model
+        loads; the keys it wrote are listed in ``uns['semst_llm']['written_keys']``.
     copy
         Return a copy instead of writing to ``adata``.
     progress
@@ -210,6 +221,11 @@ def semantic_embedding(
             "silently copy it. Call `.copy()` first, e.g. `adata = adata[mask].copy()`."
         )
     check_in_memory(adata, fn="semst.tl.semantic_embedding")
+    from ._domains import check_not_users
+
+    check_not_users(
+        adata, "obsm", key_added, "key_added", "semst.tl.semantic_embedding", ours=_llm_keys(adata)
+    )
 
     # device, dtype and model are checked before any work (an unknown model fails here, fast)
     _backend.resolve_dtype(dtype, _backend.resolve_device(device))
@@ -330,6 +346,8 @@ def semantic_embedding(
         "top_k": int(top_k),
         "ranking": ranking,
         "ranking_source": rank_source,
+        "key_added": key_added,
+        "written_keys": sorted(_llm_keys(adata) | {key_added}),
         "counts": "not read" if use_layer else ("X" if counts_layer is None else f"layers/{counts_layer}"),
         "n_ranked_genes": int(rank.X.shape[1]),
         "gene_symbols": symbol_source,
