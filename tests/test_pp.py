@@ -110,6 +110,13 @@ def test_counts_from_a_layer_and_custom_key():
     adata.X = np.log1p(adata.X.toarray())  # X holds something else
     semst.pp.preprocess(adata, layer="counts", n_top_genes=20, min_cells=5, key_added="mine")
     assert "mine" in adata.layers and adata.var[Key.var.hvg].sum() == 20
+    counts = adata.layers["counts"].copy()
+    for key, said in (("counts", "the counts it reads"), ("mine", "Pass another key_added=")):
+        with pytest.raises(ValueError, match=rf"would overwrite adata\.layers\['{key}'\].*{said}"):
+            semst.pp.preprocess(adata, layer="counts", n_top_genes=20, min_cells=5, key_added=key)
+    assert (adata.layers["counts"] != counts).nnz == 0
+    semst.pp.preprocess(adata, layer="counts", n_top_genes=20, min_cells=5)  # the default key, twice
+    semst.pp.preprocess(adata, layer="counts", n_top_genes=20, min_cells=5)
 
 
 def test_small_panel_caps_n_top_genes_and_lowers_min_cells():

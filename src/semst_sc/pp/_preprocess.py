@@ -255,7 +255,8 @@ def preprocess(
     inplace
         Write the result into ``adata`` (``True``) or return it (``False``).
     key_added
-        Layer that receives the scaled matrix.
+        Layer that receives the scaled matrix. The default layer is written again on every call; an
+        existing layer of another name (e.g. ``'counts'``) is refused with a ValueError, never replaced.
 
     Returns
     -------
@@ -271,6 +272,14 @@ def preprocess(
     check_anndata(adata, fn="semst.pp.preprocess")
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    if inplace and key_added in adata.layers and key_added != Key.layers.scaled:
+        # another layer of that name holds the user's data (the raw counts, often): never write over it
+        raise ValueError(
+            f"semst.pp.preprocess would overwrite adata.layers[{key_added!r}]"
+            + (", the counts it reads" if key_added == layer else "")
+            + f". Pass another key_added= (the default is {Key.layers.scaled!r}), or remove that layer first "
+            f"(`del adata.layers[{key_added!r}]`) if it is to be replaced."
+        )
     counts = get_counts(adata, layer=layer)
     start = logg.info(f"preprocessing {adata.n_obs} spots x {adata.n_vars} genes")
     pre = preprocess_arrays(
