@@ -417,6 +417,20 @@ def test_feature_graph_sources_and_keys():
     semst.gr.feature_graph(adata, layer=None, n_neighbors=5, key_added="x_graph")
     assert adata.uns["x_graph_neighbors"]["params"]["source"] == "X"
 
+    # the spatial graph (and squidpy's record of it) is never replaced by a feature graph
+    semst.gr.spatial_graph(adata, mode="knn", n_neighbors=4)
+    spatial = adata.obsp[Key.obsp.spatial_conn].copy()
+    record = dict(adata.uns[Key.uns.spatial_graph])
+    pattern = r"would overwrite adata\.obsp\['spatial_connectivities'\] and adata\.uns\['spatial_neighbors'\]"
+    with pytest.raises(ValueError, match=pattern):
+        semst.gr.feature_graph(adata, layer=None, n_neighbors=5, key_added=Key.obsp.spatial_conn)
+    assert (adata.obsp[Key.obsp.spatial_conn] != spatial).nnz == 0
+    assert adata.uns[Key.uns.spatial_graph].keys() == record.keys()
+    with pytest.raises(ValueError, match=r"adata\.obsp\['x_graph'\].*another key_added="):
+        semst.gr.feature_graph(adata, layer=None, n_neighbors=5, key_added="x_graph")
+    out = semst.gr.feature_graph(adata, layer=None, n_neighbors=5, key_added="x_graph", copy=True)
+    assert out.uns["x_graph_neighbors"]["params"]["n_neighbors"] == 5
+
 
 def test_default_spatial_graph_on_demo(tmp_path):
     adata = semst.datasets.demo()

@@ -393,7 +393,9 @@ def feature_graph(
     counts_layer
         Layer with raw counts, used only when the preprocessed layer has to be computed; ``None``: ``X``.
     key_added
-        Key of :attr:`anndata.AnnData.obsp` that receives the graph.
+        Key of :attr:`anndata.AnnData.obsp` that receives the graph. The default key is written again on
+        every call; another key whose graph or record already exists (``'spatial_connectivities'``, say)
+        is refused with a ValueError unless ``copy=True``, never replaced.
     {copy}
 
     Returns
@@ -408,6 +410,16 @@ def feature_graph(
     check_anndata(adata, fn="semst.gr.feature_graph")
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    uns_key = _uns_key(key_added)
+    clash = [f"adata.obsp[{key_added!r}]"] if key_added in adata.obsp else []
+    clash += [f"adata.uns[{uns_key!r}]"] if uns_key in adata.uns else []
+    if clash and key_added != Key.obsp.feature_conn and not copy:
+        # e.g. key_added='spatial_connectivities': the spatial graph and squidpy's record of it
+        raise ValueError(
+            f"semst.gr.feature_graph would overwrite {' and '.join(clash)}. Pass another key_added= (the "
+            f"default is {Key.obsp.feature_conn!r}), or remove {'them' if len(clash) > 1 else 'it'} first if "
+            "to be replaced."
+        )
     check_choice("method", method, FEATURE_METHODS)
     check_n_neighbors(adata.n_obs, n_neighbors, "the feature graph")
     if use_rep is not None:
@@ -437,7 +449,6 @@ def feature_graph(
     ind, params = knn_indices(X, n_neighbors, method=method, n_components=n_components, seed=seed)
     graph = _graph_from_indices(ind)
     params.update(source=source, mean_degree=float(graph.nnz / graph.shape[0]))
-    uns_key = _uns_key(key_added)
     target = adata.copy() if copy else adata
     target.obsp[key_added] = graph
     target.uns[uns_key] = {"connectivities_key": key_added, "params": params}
