@@ -133,6 +133,13 @@ def test_evaluate_copy_and_errors():
     with pytest.raises(ValueError, match="no domain for 1 labelled spot"):
         semst.tl.evaluate(adata, semst.datasets.DEMO_ANNOTATION, pred_key="partial")
     assert Key.uns.evaluation not in adata.uns
+    # scores replace earlier scores, never another entry of uns (the images of a Visium slice, say)
+    adata.uns["spatial"] = {"library": {"scalefactors": {"spot_diameter_fullres": 89.0}}}
+    with pytest.raises(ValueError, match=r"would overwrite adata\.uns\['spatial'\].*key_added="):
+        semst.tl.evaluate(adata, semst.datasets.DEMO_ANNOTATION, key_added="spatial")
+    assert adata.uns["spatial"]["library"]["scalefactors"]["spot_diameter_fullres"] == 89.0
+    first = semst.tl.evaluate(adata, semst.datasets.DEMO_ANNOTATION)
+    assert semst.tl.evaluate(adata, semst.datasets.DEMO_ANNOTATION) == first == adata.uns[Key.uns.evaluation]
 
 
 def test_metrics_module_does_not_import_torch():

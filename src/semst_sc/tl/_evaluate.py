@@ -45,7 +45,8 @@ def evaluate(
     pred_key
         Column with the predicted domains, by default the one :func:`semst_sc.tl.domains` writes.
     key_added
-        Key in :attr:`anndata.AnnData.uns` that receives the scores.
+        Key in :attr:`anndata.AnnData.uns` that receives the scores. Earlier scores there are replaced;
+        anything else there (``'spatial'``, say) is refused with a ValueError.
     copy
         Return a copy of ``adata`` holding the scores instead of writing into ``adata``.
 
@@ -68,6 +69,12 @@ def evaluate(
             raise KeyError(f"adata.obs has no column {key!r} for the {what} ({hint}); columns: {cols}.")
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    held = adata.uns.get(key_added)
+    if held is not None and not copy and not (isinstance(held, dict) and {"ari", "truth_key"} <= set(held)):
+        raise ValueError(
+            f"semst.tl.evaluate would overwrite adata.uns[{key_added!r}], which holds something other than "
+            f"scores. Pass another key_added= (the default is {Key.uns.evaluation!r})."
+        )
 
     truth, pred = adata.obs[truth_key], adata.obs[pred_key]
     unlabelled = _unlabelled(truth)
