@@ -428,6 +428,9 @@ def test_feature_graph_sources_and_keys():
     assert adata.uns[Key.uns.spatial_graph].keys() == record.keys()
     with pytest.raises(ValueError, match=r"adata\.obsp\['x_graph'\].*another key_added="):
         semst.gr.feature_graph(adata, layer=None, n_neighbors=5, key_added="x_graph")
+    with pytest.raises(ValueError, match=r"adata\.obsp\['x_graph'\]"):  # the copy would lose it too
+        semst.gr.feature_graph(adata, layer=None, n_neighbors=5, key_added="x_graph", copy=True)
+    del adata.obsp["x_graph"], adata.uns["x_graph_neighbors"]  # the way out the message gives
     out = semst.gr.feature_graph(adata, layer=None, n_neighbors=5, key_added="x_graph", copy=True)
     assert out.uns["x_graph_neighbors"]["params"]["n_neighbors"] == 5
 

@@ -395,7 +395,7 @@ def feature_graph(
     key_added
         Key of :attr:`anndata.AnnData.obsp` that receives the graph. The default key is written again on
         every call; another key whose graph or record already exists (``'spatial_connectivities'``, say)
-        is refused with a ValueError unless ``copy=True``, never replaced.
+        is refused with a ValueError (also with ``copy=True``), never replaced.
     {copy}
 
     Returns
@@ -413,7 +413,7 @@ def feature_graph(
     uns_key = _uns_key(key_added)
     clash = [f"adata.obsp[{key_added!r}]"] if key_added in adata.obsp else []
     clash += [f"adata.uns[{uns_key!r}]"] if uns_key in adata.uns else []
-    if clash and key_added != Key.obsp.feature_conn and not copy:
+    if clash and key_added != Key.obsp.feature_conn:
         # e.g. key_added='spatial_connectivities': the spatial graph and squidpy's record of it
         raise ValueError(
             f"semst.gr.feature_graph would overwrite {' and '.join(clash)}. Pass another key_added= (the "

@@ -70,7 +70,7 @@ def evaluate(
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
     held = adata.uns.get(key_added)
-    if held is not None and not copy and not (isinstance(held, dict) and {"ari", "truth_key"} <= set(held)):
+    if held is not None and not (isinstance(held, dict) and {"ari", "truth_key"} <= set(held)):
         raise ValueError(
             f"semst.tl.evaluate would overwrite adata.uns[{key_added!r}], which holds something other than "
             f"scores. Pass another key_added= (the default is {Key.uns.evaluation!r})."
