@@ -116,7 +116,13 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--child"]:
         print(json.dumps(child(int(argv[1]))))
         return
-    sizes = [int(a) for a in argv] or list(DEFAULT_SIZES)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
+    try:
+        sizes = [int(a) for a in argv] or list(DEFAULT_SIZES)
+    except ValueError:
+        sys.exit(f"graphs.py takes numbers of spots (e.g. 20000 200000), got {' '.join(argv)!r}")
     cols = [
         ("n_spots", "spots", "{:d}"),
         ("spatial_s", "spatial s", "{:.1f}"),
