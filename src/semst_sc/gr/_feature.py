@@ -394,8 +394,9 @@ def feature_graph(
         Layer with raw counts, used only when the preprocessed layer has to be computed; ``None``: ``X``.
     key_added
         Key of :attr:`anndata.AnnData.obsp` that receives the graph. The default key is written again on
-        every call; another key whose graph or record already exists (``'spatial_connectivities'``, say)
-        is refused with a ValueError (also with ``copy=True``), never replaced.
+        every call, and so is another key this function wrote before; a graph or record under that key
+        that it did not write (``'spatial_connectivities'``, say) is refused with a ValueError (also with
+        ``copy=True``), never replaced.
     {copy}
 
     Returns
@@ -413,7 +414,14 @@ def feature_graph(
     uns_key = _uns_key(key_added)
     clash = [f"adata.obsp[{key_added!r}]"] if key_added in adata.obsp else []
     clash += [f"adata.uns[{uns_key!r}]"] if uns_key in adata.uns else []
-    if clash and key_added != Key.obsp.feature_conn:
+    record = adata.uns.get(uns_key)
+    own = (  # a graph this function wrote under that key: its record names the key and the graph's source
+        isinstance(record, dict)
+        and record.get("connectivities_key") == key_added
+        and isinstance(record.get("params"), dict)
+        and "source" in record["params"]
+    )
+    if clash and key_added != Key.obsp.feature_conn and not own:
         # e.g. key_added='spatial_connectivities': the spatial graph and squidpy's record of it
         raise ValueError(
             f"semst.gr.feature_graph would overwrite {' and '.join(clash)}. Pass another key_added= (the "
