@@ -256,6 +256,7 @@ def test_domains_with_a_model_reads_the_counts_layer_it_was_given(tiny_bert, dlp
     to rank them on X and fail on a log-normalised X)."""
     import scanpy as sc
 
+    from semst_sc.pp import preprocess
     from semst_sc.tl import domains
 
     a = dlpfc[:120].copy()
@@ -267,6 +268,18 @@ def test_domains_with_a_model_reads_the_counts_layer_it_was_given(tiny_bert, dlp
     assert a.uns[Key.uns.llm]["counts"] == "layers/counts"
     assert a.uns[Key.uns.semst]["params"]["fusion"] == "fsm"
     assert (a.X != x_before).nnz == 0
+
+    # preprocess=False: the matrix as given, ranked by value (it used to be read as counts, and refused)
+    b = dlpfc[:120].copy()
+    sc.pp.normalize_total(b)
+    sc.pp.log1p(b)
+    domains(b, 3, preprocess=False, model=str(tiny_bert), n_epochs=2, progress=False)
+    assert (b.uns[Key.uns.llm]["ranking"], b.uns[Key.uns.llm]["counts"]) == ("lognorm", "X")
+    # ... unless semst.pp.preprocess's layer is there, which the paper's ranking reuses
+    c = dlpfc[:120].copy()
+    preprocess(c)
+    domains(c, 3, layer=Key.layers.scaled, preprocess=False, model=str(tiny_bert), n_epochs=2, progress=False)
+    assert (c.uns[Key.uns.llm]["ranking"], c.uns[Key.uns.llm]["counts"]) == ("scaled", "not read")
 
 
 # ----------------------------------------------------------------------------------------------- causal models, prefix KV cache

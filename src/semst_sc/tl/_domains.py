@@ -167,8 +167,10 @@ def domains(
         (``benchmarks/README.md``). ``obsm[embedding_key]`` keeps the learned embedding either way.
     model
         A language model (hub name or local folder) to compute ``obsm[llm_key]`` with
-        :func:`semst_sc.tl.semantic_embedding` first, when that slot is absent; its genes are ranked on the
-        same raw counts as the network's input (``layer``, with ``preprocess=True``).
+        :func:`semst_sc.tl.semantic_embedding` first, when that slot is absent. Its genes are ranked on the
+        network's input: with ``preprocess=True`` on the raw counts (``layer``), the paper's scaled ranking;
+        with ``preprocess=False`` on the matrix as given (``ranking='lognorm'``: by value within each spot),
+        or on the layer of :func:`semst_sc.pp.preprocess` when it is there.
     latent_dim, hidden_dim
         Embedding and hidden widths (the paper's DLPFC widths). Halved (``hidden_dim=128, latent_dim=64``),
         the DLPFC call took 0.60x the time at the same accuracy (ARI 0.474 +- 0.047 against 0.476 +- 0.043,
@@ -308,10 +310,19 @@ def domains(
     if model is not None and llm_key not in adata.obsm:
         from ._semantic import semantic_embedding
 
-        # the genes are ranked on the counts the network reads (``layer``), or on X when it is preprocessed
-        counts_layer = layer if preprocess else None
+        # genes are ranked on what the network reads: with preprocess=True the raw counts (``layer``), the
+        # paper's scaled ranking; with preprocess=False the matrix as given, by value within each spot,
+        # unless semst.pp.preprocess's own layer is there for the scaled ranking to reuse
+        scaled_layer = Key.layers.scaled in adata.layers and Key.var.hvg in adata.var
+        ranking = "scaled" if preprocess or scaled_layer else "lognorm"
         semantic_embedding(
-            adata, model, key_added=llm_key, counts_layer=counts_layer, device=device, progress=progress
+            adata,
+            model,
+            key_added=llm_key,
+            ranking=ranking,
+            counts_layer=layer if ranking == "lognorm" or preprocess else None,
+            device=device,
+            progress=progress,
         )
 
     logg.info("semst.tl.domains: preparing inputs")
