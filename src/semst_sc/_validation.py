@@ -87,6 +87,45 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     return seed
 
 
+def key_names(values: Any) -> set[str]:
+    """A list of key names as semst-sc records store it (a list, or a string array after h5ad), as a set."""
+    return {str(k) for k in np.asarray(values, dtype=object).ravel()}
+
+
+def written_keys(adata: AnnData) -> dict[str, set[str]]:
+    """The ``obs`` and ``obsm`` keys ``tl.domains`` / ``tl.recluster`` runs wrote (the defaults always count)."""
+    run = adata.uns.get(Key.uns.semst, {})
+    run = run if isinstance(run, dict) else {}
+    stored = run.get("written_keys", {})
+    keys = {"obs": {Key.obs.domain}, "obsm": {Key.obsm.semst}}
+    for slot in keys:
+        if isinstance(stored, dict) and slot in stored:
+            keys[slot] |= key_names(stored[slot])
+    if "domain_key" in run:
+        keys["obs"].add(str(run["domain_key"]))
+    if "embedding_key" in run:
+        keys["obsm"].add(str(run["embedding_key"]))
+    if isinstance(run.get("reclustered"), dict):
+        keys["obs"].update(map(str, run["reclustered"]))
+    return keys
+
+
+def check_not_users(
+    adata: AnnData, slot: str, key: str, param: str, fn: str, ours: set[str] | None = None
+) -> None:
+    """Refuse to overwrite ``adata.<slot>[key]`` when semst-sc did not write it (an annotation, say).
+
+    ``ours``: the keys of that slot the calling function may write again (default: those of
+    :func:`written_keys`, the runs of ``tl.domains`` and ``tl.recluster``).
+    """
+    ours = written_keys(adata)[slot] if ours is None else ours
+    if key in getattr(adata, slot) and key not in ours:
+        raise ValueError(
+            f"{fn} would overwrite adata.{slot}[{key!r}], which semst-sc did not write. Pass another "
+            f"{param}=, or remove it first (`del adata.{slot}[{key!r}]`) if it is to be replaced."
+        )
+
+
 def check_choice(name: str, value: Any, options: Iterable[Any]) -> None:
     """Raise a ``ValueError`` listing the valid options when ``value`` is not one of them."""
     options = tuple(options)

@@ -12,7 +12,7 @@ from scanpy import logging as logg
 
 from .._constants import BACKENDS, CLUSTER_METHODS, CLUSTER_METRICS, FUSIONS, SPATIAL_WEIGHTINGS, Default, Key
 from .._utils import check_ema_decay, check_zinb_fraction
-from .._validation import check_anndata, check_choice, check_n_hops, check_seed
+from .._validation import check_anndata, check_choice, check_n_hops, check_not_users, check_seed, written_keys
 from ._cluster import DEFAULT_K_RANGE, cluster_embedding, estimate_n_domains, smooth_embedding, smooth_labels
 from ._semst import SemST, _versions
 
@@ -26,40 +26,6 @@ def _check_n_domains(n_domains: int | None, n_obs: int) -> None:
         raise ValueError(
             f"n_domains must be between 2 and the number of spots ({n_obs}), got {n_domains}; "
             "pass n_domains=None to estimate it"
-        )
-
-
-def written_keys(adata: AnnData) -> dict[str, set[str]]:
-    """The ``obs`` and ``obsm`` keys semst-sc's runs wrote into ``adata`` (the defaults always count)."""
-    run = adata.uns.get(Key.uns.semst, {})
-    run = run if isinstance(run, dict) else {}
-    keys = {"obs": {Key.obs.domain}, "obsm": {Key.obsm.semst}}
-    for slot in keys:
-        stored = run.get("written_keys", {})
-        if isinstance(stored, dict) and slot in stored:
-            keys[slot].update(str(k) for k in np.asarray(stored[slot], dtype=object).ravel())
-    if "domain_key" in run:
-        keys["obs"].add(str(run["domain_key"]))
-    if "embedding_key" in run:
-        keys["obsm"].add(str(run["embedding_key"]))
-    if isinstance(run.get("reclustered"), dict):
-        keys["obs"].update(map(str, run["reclustered"]))
-    return keys
-
-
-def check_not_users(
-    adata: AnnData, slot: str, key: str, param: str, fn: str, ours: set[str] | None = None
-) -> None:
-    """Refuse to overwrite ``adata.<slot>[key]`` when semst-sc did not write it (an annotation, say).
-
-    ``ours``: the keys of that slot the calling function may write again (default: those of
-    :func:`written_keys`, the runs of ``tl.domains`` and ``tl.recluster``).
-    """
-    ours = written_keys(adata)[slot] if ours is None else ours
-    if key in getattr(adata, slot) and key not in ours:
-        raise ValueError(
-            f"{fn} would overwrite adata.{slot}[{key!r}], which semst-sc did not write. Pass another "
-            f"{param}=, or remove it first (`del adata.{slot}[{key!r}]`) if it is to be replaced."
         )
 
 
@@ -389,6 +355,9 @@ def domains(
     )
     params.update({f"cluster_{k}": v for k, v in cluster_info.items()})
     params.update({k: v if isinstance(v, int | float) else str(v) for k, v in semst.data.info.items()})
+    written = written_keys(adata)  # the keys earlier runs wrote, kept with this run's
+    written["obs"].add(key_added)
+    written["obsm"].add(embedding_key)
     uns: dict[str, Any] = {
         "params": params,
         "versions": _versions(),
@@ -398,10 +367,8 @@ def domains(
         "train_s": float(semst.train_time),
         "domain_key": key_added,
         "embedding_key": embedding_key,
-        "written_keys": {slot: sorted(keys) for slot, keys in written_keys(adata).items()},
+        "written_keys": {slot: sorted(keys) for slot, keys in written.items()},
     }
-    uns["written_keys"]["obs"] = sorted({*uns["written_keys"]["obs"], key_added})
-    uns["written_keys"]["obsm"] = sorted({*uns["written_keys"]["obsm"], embedding_key})
     if selection is not None:
         uns["domain_selection"] = selection.to_uns()
 

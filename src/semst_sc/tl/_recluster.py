@@ -9,9 +9,9 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import CLUSTER_METHODS, CLUSTER_METRICS, Default, Key
-from .._validation import check_anndata, check_choice, check_n_hops, check_obsm, check_seed
+from .._validation import check_anndata, check_choice, check_n_hops, check_not_users, check_obsm, check_seed
 from ._cluster import DEFAULT_K_RANGE, cluster_embedding, estimate_n_domains, smooth_embedding, smooth_labels
-from ._domains import _check_n_domains, check_not_users, labels_to_categorical
+from ._domains import _check_n_domains, labels_to_categorical
 
 #: Clustering settings of ``tl.domains`` that ``recluster`` reads back from ``uns['semst']['params']``.
 _SETTINGS = {

@@ -20,7 +20,7 @@ from .._constants import (
     Default,
     Key,
 )
-from .._validation import check_in_memory, get_counts
+from .._validation import check_in_memory, check_not_users, get_counts, key_names
 from ..semantics import _backend, _pipeline, _prompts, _ranking
 from ..semantics._cache import default_cache_dir
 
@@ -53,7 +53,7 @@ def _llm_keys(adata: AnnData) -> set[str]:
     record = adata.uns.get(Key.uns.llm, {})
     keys = {Key.obsm.llm}
     if isinstance(record, dict) and "written_keys" in record:
-        keys.update(str(k) for k in np.asarray(record["written_keys"], dtype=object).ravel())
+        keys |= key_names(record["written_keys"])
     return keys
 
 
@@ -221,8 +221,6 @@ def semantic_embedding(
             "silently copy it. Call `.copy()` first, e.g. `adata = adata[mask].copy()`."
         )
     check_in_memory(adata, fn="semst.tl.semantic_embedding")
-    from ._domains import check_not_users
-
     check_not_users(
         adata, "obsm", key_added, "key_added", "semst.tl.semantic_embedding", ours=_llm_keys(adata)
     )
