@@ -302,11 +302,11 @@ def _counts_advice(
     return advice + f"; or, {normalised}"
 
 
-def _check_count_values(
-    values: np.ndarray, where: str, adata: AnnData | None = None, advice: str = ""
-) -> None:
-    """Raise on NaN, infinite, negative or non-integer entries of a flat array of stored values."""
-    advice = advice or _counts_advice(adata)
+def _check_count_values(values: np.ndarray, where: str, advice: str) -> None:
+    """Raise on NaN, infinite, negative or non-integer entries of a flat array of stored values.
+
+    ``advice`` (from :func:`_counts_advice`) ends each message: where the counts may be instead.
+    """
     if values.dtype.kind in "iu":
         if values.dtype.kind == "i" and values.size and values.min() < 0:
             raise ValueError(f"{where} has negative values. {advice}.")
@@ -371,11 +371,11 @@ def get_counts(
 
     advice = _counts_advice(adata, layer_param, normalised)
     if sparse.issparse(X):
-        _check_count_values(X.data, where, adata, advice)
+        _check_count_values(X.data, where, advice)
         counts = sparse.csr_matrix(X) if X.format != "csr" else X
     else:
         arr = np.asarray(X)
-        _check_count_values(arr.reshape(-1), where, adata, advice)
+        _check_count_values(arr.reshape(-1), where, advice)
         counts = sparse.csr_matrix(arr)
     if counts.dtype != np.float32:
         counts = counts.astype(np.float32)

@@ -136,8 +136,8 @@ def finish(
     """Write the figure to ``save`` (a path; the format follows its extension) and return the axes if asked.
 
     ``show`` is scanpy's: ``True`` shows the figure, ``False`` returns the axes (as ``return_ax=True``).
+    Both ``show`` and ``save`` were checked by :func:`check_show` before the figure was drawn.
     """
-    check_show(show, save)
     if save is not None:
         path = Path(save)
         if path.parent != Path() and not path.parent.exists():
