@@ -10,8 +10,7 @@ import torch
 
 from semst_sc import nn as snn
 from semst_sc._constants import FUSIONS
-from semst_sc.nn import _losses
-from semst_sc.nn._losses import _edge_structure, _EdgeDot, _PairDot
+from semst_sc.nn._losses import _edge_structure, _EdgeDot, _SampledPairs
 
 
 @pytest.fixture(autouse=True)
@@ -392,25 +391,31 @@ def test_spatial_loss_positive_gradient_matches_gather_autograd():
     )
 
 
-def test_pair_dot_matches_gathers_and_does_not_depend_on_its_sub_blocks(monkeypatch):
-    # values and gradient equal the plain gathered formula; the sub-block size (a cache setting) changes
-    # neither, bit for bit: the backward adds the rows in the same order whatever the sub-blocks
+def test_sampled_negative_pairs_match_gathers():
+    # the negatives' CSR layout (rounds of one partner per spot, some dropped) gives the plain gathered
+    # dot products and their gradient, pair for pair
     gen = torch.Generator().manual_seed(3)
-    n, d, p = 200, 16, 3000
+    n, d, k = 200, 16, 7
     z = torch.randn(n, d, generator=gen, requires_grad=True)
-    i, j = torch.randint(0, n, (p,), generator=gen), torch.randint(0, n, (p,), generator=gen)
-    w = torch.randn(p, generator=gen)
-    ref = ((z[i] * z[j]).sum(1) * w).sum()
-    ref_grad = torch.autograd.grad(ref, z)[0]
-    results = []
-    for block_values in (1 << 18, 7 * d, 1):  # one sub-block per chunk, uneven ones, one pair at a time
-        monkeypatch.setattr(_losses, "PAIR_BLOCK_VALUES", block_values)
-        got = (_PairDot.apply(z, i, j, 1024) * w).sum()
-        results.append((got.detach(), torch.autograd.grad(got, z)[0]))
-    torch.testing.assert_close(results[0][0], ref)
-    torch.testing.assert_close(results[0][1], ref_grad)
-    for got, grad in results[1:]:
-        assert torch.equal(got, results[0][0]) and torch.equal(grad, results[0][1])
+    i = torch.arange(n).repeat(k)
+    j = torch.randint(0, n, (n * k,), generator=gen)
+    keep = (i != j) & (torch.rand(n * k, generator=gen) > 0.2)
+    pairs = _SampledPairs(j, keep, n, k)
+    assert pairs.n_edges == int(keep.sum())
+    rows = torch.repeat_interleave(torch.arange(n), pairs.crow.diff())
+    # the same multiset of pairs as the draw, grouped by spot
+    assert sorted(zip((rows * n + pairs.cols).tolist())) == sorted(zip((i * n + j)[keep].tolist()))
+    assert torch.equal(rows[pairs.perm_t], pairs.col_t)
+    assert torch.equal(
+        pairs.cols[pairs.perm_t], torch.repeat_interleave(torch.arange(n), pairs.crow_t.diff())
+    )
+    w = torch.randn(pairs.n_edges, generator=gen)
+    got = (_EdgeDot.apply(z, pairs) * w).sum()
+    ref = ((z[rows] * z[pairs.cols]).sum(1) * w).sum()
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(torch.autograd.grad(got, z)[0], torch.autograd.grad(ref, z)[0])
+    none = _SampledPairs(j, torch.zeros_like(keep), n, k)
+    assert none.n_edges == 0 and int(none.crow[-1]) == 0
 
 
 def test_spatial_loss_is_reproducible_with_a_generator_and_validates():

@@ -108,7 +108,7 @@ class _EdgeDot(torch.autograd.Function):
     """``<zn[r], zn[c]>`` for every edge, as a sampled dense-dense product (SDDMM): O(E d), no gather."""
 
     @staticmethod
-    def forward(ctx, zn: torch.Tensor, s: _EdgeStructure) -> torch.Tensor:
+    def forward(ctx, zn: torch.Tensor, s: _EdgeStructure | _SampledPairs) -> torch.Tensor:
         mask = torch_csr(s.crow, s.cols, zn.new_zeros(s.n_edges), (s.n, s.n))
         vals = torch.sparse.sampled_addmm(mask, zn, zn.t(), beta=0.0, alpha=1.0).values()
         ctx.save_for_backward(zn)
@@ -125,44 +125,46 @@ class _EdgeDot(torch.autograd.Function):
         return a @ zn + at @ zn, None
 
 
-#: pairs per sub-block of :class:`_PairDot`: about 2^18 gathered values (1 MB in float32) per temporary, so
-#: that the gathered rows and their products stay in the processor's cache
-PAIR_BLOCK_VALUES = 1 << 18
+class _SampledPairs:
+    """CSR layout of the negative pairs drawn in one call, in the form :class:`_EdgeDot` reads.
 
-
-class _PairDot(torch.autograd.Function):
-    """``<zn[i_p], zn[j_p]>`` for arbitrary pairs, in chunks: the gathered rows never exceed one chunk.
-
-    Each chunk is worked through in sub-blocks of about :data:`PAIR_BLOCK_VALUES` values. The backward
-    pass adds the sub-blocks' rows in the same order as one pass over the whole chunk would (first every
-    ``i`` row of the chunk, then every ``j`` row), so the gradient does not depend on the sub-block size.
+    The pairs come as ``k`` rounds of one partner per spot (pair ``r * n + i`` joins spot ``i`` to
+    ``cols[r * n + i]``), some dropped by ``keep``. Read column-wise, the rounds are already grouped by
+    spot, so the rows need no sort. On the CPU each spot's partners stay in round order (torch's CPU
+    kernels of the sampled product and of the sparse-dense products read a row in any order); elsewhere
+    they are sorted, as cuSPARSE assumes. The transpose, for the gradient of the partners, takes one
+    stable sort. The layout is rebuilt at every call, as the pairs are redrawn; it costs O(n k) time and
+    memory.
     """
 
-    @staticmethod
-    def forward(ctx, zn: torch.Tensor, i: torch.Tensor, j: torch.Tensor, chunk: int) -> torch.Tensor:
-        out = zn.new_empty(i.shape[0])
-        step = ctx.step = max(1, PAIR_BLOCK_VALUES // max(zn.shape[1], 1))
-        for s in range(0, i.shape[0], step):
-            # index_select: the same rows as zn[i], gathered about twice as fast on CPU
-            zi = zn.index_select(0, i[s : s + step])
-            torch.sum(zi.mul_(zn.index_select(0, j[s : s + step])), 1, out=out[s : s + step])
-        ctx.save_for_backward(zn, i, j)
-        ctx.chunk = chunk
-        return out
+    def __init__(self, cols: torch.Tensor, keep: torch.Tensor, n: int, k: int) -> None:
+        keep_t = keep.view(k, n).t().reshape(-1)
+        self.n = n
+        self.cols = cols.view(k, n).t().reshape(-1)[keep_t]
+        self.n_edges = int(self.cols.numel())
+        counts = keep_t.view(n, k).sum(1)
+        rows = torch.repeat_interleave(torch.arange(n, device=cols.device), counts)
+        if cols.device.type != "cpu":
+            self.cols = self.cols[torch.argsort(rows * n + self.cols)]
+        self.crow = torch.zeros(n + 1, dtype=torch.int64, device=cols.device)
+        self.crow[1:] = torch.cumsum(counts, 0)
+        self.perm_t = torch.argsort(self.cols, stable=True)
+        self.col_t = rows[self.perm_t]
+        self.crow_t = torch.zeros(n + 1, dtype=torch.int64, device=cols.device)
+        self.crow_t[1:] = torch.cumsum(torch.bincount(self.cols, minlength=n), 0)
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        zn, i, j = ctx.saved_tensors
-        out = torch.zeros_like(zn)
-        step = ctx.step
-        for s in range(0, i.shape[0], ctx.chunk):
-            e = min(i.shape[0], s + ctx.chunk)
-            for dst, src in ((i, j), (j, i)):  # all i rows of the chunk, then all j rows
-                for b in range(s, e, step):
-                    b1 = min(e, b + step)
-                    rows = zn.index_select(0, src[b:b1]).mul_(grad[b:b1, None])
-                    out.index_add_(0, dst[b:b1], rows)
-        return out, None, None, None
+
+def _negative_dots(zn: torch.Tensor, pairs: _SampledPairs) -> torch.Tensor:
+    """``<zn[i], zn[j]>`` for the sampled pairs: the sampled product, or gathers where it cannot run.
+
+    torch's sampled product refuses a layout with more entries than the dense matrix has (``n_edges >
+    n * n``, only when far more partners than spots are drawn, as in a test of the estimate); gathering
+    the rows gives the same values there.
+    """
+    if pairs.n_edges <= pairs.n * pairs.n:
+        return _EdgeDot.apply(zn, pairs)
+    rows = torch.repeat_interleave(torch.arange(pairs.n, device=zn.device), pairs.crow.diff())
+    return (zn.index_select(0, rows) * zn.index_select(0, pairs.cols)).sum(1)
 
 
 def _exact_negative_sum(zn: torch.Tensor, s: _EdgeStructure, pos_psi: torch.Tensor) -> torch.Tensor:
@@ -273,9 +275,11 @@ def spatial_regularization_loss(
         j = torch.randint(0, n, (n * k,), generator=generator, dtype=torch.int64)
         i, j = i.to(z.device), j.to(z.device)
         keep = (i != j) & ~s.contains(i * n + j)
-        i, j = i[keep], j[keep]
-        chunk = max(1, (1 << 22) // max(z.shape[1], 1))
-        neg_mean = F.softplus(_PairDot.apply(zn, i, j, chunk)).mean() if i.numel() else zero
+        pairs = _SampledPairs(j, keep, n, k)
+        if not pairs.n_edges:
+            neg_mean = zero
+        else:
+            neg_mean = F.softplus(_negative_dots(zn, pairs)).mean()
     if weighting == "reference":
         return (pos_sum + n_neg_pairs * neg_mean) / (2.0 * n * n)
     pos_mean = pos_sum / s.n_edges if s.n_edges else zero
