@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -187,6 +188,82 @@ def test_training_restores_deterministic_flag():
     finally:
         torch.set_deterministic_debug_mode(prev)
     assert seen == [(True, True)] * 3  # deterministic algorithms, warning where one has none
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 5e-4])
+def test_cpu_adam_steps_like_torchs_adam_bit_for_bit(weight_decay):
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU())]
+    nets.append(copy.deepcopy(nets[0]))
+    for net in nets:  # a parameter that never gets a gradient, as torch leaves it alone
+        net.register_parameter("unused", torch.nn.Parameter(torch.ones(3)))
+    opts = [
+        torch.optim.Adam(nets[0].parameters(), lr=1e-2, weight_decay=weight_decay),
+        tr._CPUAdam(nets[1].parameters(), lr=1e-2, weight_decay=weight_decay),
+    ]
+    x = torch.randn(40, 8)
+    for _ in range(50):
+        for net, opt in zip(nets, opts, strict=True):
+            opt.zero_grad(set_to_none=True)
+            net(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(nets[1].unused, torch.ones(3))
+    assert isinstance(tr.optimizer(nets[0].parameters(), torch.device("cpu"), 1e-3, 0.0), tr._CPUAdam)
+    assert isinstance(tr.optimizer(nets[0].parameters(), torch.device("meta"), 1e-3, 0.0), torch.optim.Adam)
+
+
+def test_cpu_training_does_not_load_torchs_compiler_and_keeps_its_setting():
+    """torch.optim and torch 2.13's use_deterministic_algorithms import the compiler (1.2-1.5 s); training
+    on the CPU must not.
+
+    In a fresh interpreter: training is deterministic without loading ``torch._dynamo`` or
+    ``torch._inductor``; once the user has loaded them, training still runs deterministically, gives the
+    same bits, and leaves the inductor's ``deterministic`` setting as it was.
+    """
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import numpy as np, scipy.sparse as sp, torch
+        from semst_sc import _train as tr
+        from semst_sc.nn import SemSTModule
+        torch.set_num_threads(1)
+        rng = np.random.default_rng(0)
+        x = sp.csr_matrix(rng.poisson(1.0, (60, 8)).astype(np.float32))
+        a = sp.csr_matrix(sp.eye(60, dtype=np.float32) + sp.eye(60, k=1, dtype=np.float32))
+        inputs = tr.TrainInputs(x, a, a, x, a)
+        seen = []
+        def during(epoch, parts):
+            seen.append(torch.are_deterministic_algorithms_enabled())
+        def run():
+            tr.seed_everything(0)
+            mod = SemSTModule(8, None, hidden=16, latent=8, fusion="none")
+            tr.train(mod, inputs, n_epochs=2, device="cpu", progress=False, callback=during)
+            return tr.embed(mod, inputs, "cpu")
+        first = run()
+        loaded_by_training = sorted(m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules)
+        import torch._inductor.config as inductor_config
+        inductor_config.deterministic = True  # the user's own setting, with torch's flag off
+        second = run()
+        print(json.dumps({
+            "loaded_by_training": loaded_by_training,
+            "during": seen,
+            "after": torch.are_deterministic_algorithms_enabled(),
+            "inductor_after": inductor_config.deterministic,
+            "same": bool(np.array_equal(first, second)),
+        }))
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["loaded_by_training"] == []
+    assert out["during"] == [True] * 4
+    assert out["after"] is False
+    assert out["inductor_after"] is True
+    assert out["same"]  # the two ways of setting the flag train the same bits
 
 
 @pytest.mark.parametrize("zinb_fraction", [1.0, 0.5])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -136,13 +137,89 @@ def _deterministic(enabled: bool) -> Iterator[None]:
     prev = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     prev_fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    inductor = sys.modules.get("torch._inductor.config")
+    prev_inductor = getattr(inductor, "deterministic", None)
+    _set_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = FILL_UNINITIALIZED_MEMORY
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+        _set_deterministic_algorithms(prev, warn_only=prev_warn)
         torch.utils.deterministic.fill_uninitialized_memory = prev_fill
+        if inductor is not None and prev_inductor is not None:
+            inductor.deterministic = prev_inductor
+
+
+def _set_deterministic_algorithms(mode: bool, *, warn_only: bool) -> None:
+    """:func:`torch.use_deterministic_algorithms`, without importing torch's compiler to do it.
+
+    In torch 2.13 the public function also sets ``torch._inductor.config.deterministic``, and importing
+    that module loads the inductor and ``torch._dynamo``: 1.3-1.5 s on this project's CPUs, paid by the
+    first training of every process (a fifth of a call on a small panel). That setting concerns code the
+    inductor compiles, and training compiles nothing, so where the inductor is not loaded only torch's own
+    flag is set, as ``torch.set_deterministic_debug_mode`` does; where it is loaded (the user compiles
+    something) the public function runs, and :func:`_deterministic` puts its setting back afterwards.
+    """
+    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if set_flag is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        set_flag(mode, warn_only=warn_only)
+
+
+class _CPUAdam:
+    """Adam with L2 weight decay, step for step what ``torch.optim.Adam`` computes on the CPU.
+
+    ``torch.optim.Adam`` wraps its methods for ``torch.compile``, and the first call imports
+    ``torch._dynamo`` to do so: 1.2-1.5 s on this project's CPUs, paid by the first training of every
+    process (every ``semst domains`` on the command line), longer than 300 epochs of a small panel take to
+    set up. On the CPU torch runs its single-tensor update, parameter by parameter; this class performs
+    the same operations in the same order (the tests check the parameters bit for bit against
+    ``torch.optim.Adam``), without the wrappers. :func:`optimizer` uses torch's own on other devices, where
+    its fused multi-tensor kernels are faster.
+    """
+
+    def __init__(self, params, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.weight_decay, self.eps = float(lr), float(weight_decay), float(eps)
+        self.beta1, self.beta2 = (float(b) for b in betas)
+        self.state: dict[int, tuple[list[float], torch.Tensor, torch.Tensor]] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.beta1, self.beta2
+        for i, param in enumerate(self.params):
+            if param.grad is None:  # as torch: a parameter without a gradient is left as it is
+                continue
+            if i not in self.state:
+                zeros = torch.zeros_like(param, memory_format=torch.preserve_format)
+                self.state[i] = ([0.0], zeros, zeros.clone())
+            count, exp_avg, exp_avg_sq = self.state[i]
+            count[0] += 1.0
+            step = count[0]
+            grad = param.grad
+            if self.weight_decay != 0:
+                grad = grad.add(param, alpha=self.weight_decay)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step_size = self.lr / (1 - beta1**step)
+            bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def optimizer(params, device: torch.device, lr: float, weight_decay: float):
+    """Adam for training on ``device``: :class:`_CPUAdam` on the CPU, ``torch.optim.Adam`` elsewhere."""
+    if device.type == "cpu":
+        return _CPUAdam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
@@ -519,7 +596,7 @@ def train(
         module.to(dev)
         blocks = _zinb_blocks(inputs, zinb_fraction, seed, dev)
         data = _prepare(inputs, module, dev, with_target=blocks is None)  # the blocks hold the target
-        opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+        opt = optimizer(module.parameters(), dev, lr=lr, weight_decay=weight_decay)
         keys = ("loss", "zinb", "cr", "spatial")
         hist: dict[str, list[float]] = {k: [] for k in (*keys, "seconds")}
         plateau = _Plateau(stop_opts) if stop_opts else None

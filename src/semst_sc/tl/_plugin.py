@@ -164,7 +164,7 @@ def gat_domains(
     FloatingPointError
         The loss became NaN or infinite (lower ``lr``).
     """
-    from .._train import _deterministic, resolve_device, seed_everything
+    from .._train import _deterministic, optimizer, resolve_device, seed_everything
     from ..nn import AttentionGraph, GATAutoencoder
     from ._cluster import cluster_embedding
 
@@ -221,7 +221,7 @@ def gat_domains(
         ).to(dev)
         x = torch.from_numpy(x_sp.toarray()).to(dev)  # N x genes (not N x N): STAGATE's dense input
         h_t = None if h is None else torch.from_numpy(h).to(dev)
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        opt = optimizer(model.parameters(), dev, lr=lr, weight_decay=weight_decay)
         bar = None
         if progress:
             from tqdm.auto import tqdm

@@ -1,0 +1,88 @@
+"""The fixed cost of a ``semst.tl.domains`` call in a fresh process, for one or two source trees.
+
+    python benchmarks/startup.py                                        # this tree, the three datasets
+    git worktree add ../before <commit>
+    python benchmarks/startup.py --before ../before/src --rounds 3      # the two trees alternated
+
+A call with ``--epochs`` epochs (default 1) in a new interpreter, as the command line or a first notebook
+cell makes it: the seconds of ``import semst_sc`` plus the call (``wall_s``), the call's own
+``uns['semst']['runtime_s']`` and ``train_s``, and whether the call imported torch's compiler
+(``torch._dynamo``, ``torch._inductor``), which costs over a second the first time. The data are read
+and torch imported before the clock starts, as in the peers' harness. Each tree runs with ``PYTHONPATH``
+pointing at its ``src``; with ``--before`` the two run in turn, ``before`` first in every round, and the
+table gives the median of each over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import DATASETS, append_jsonl, run_json, table  # noqa: E402
+
+CODE = """
+import time, torch
+torch.set_num_threads({threads})
+sys.path.insert(0, {here!r})
+from _common import load, pop_truth
+adata, truth_key, n_domains = load({dataset!r})
+pop_truth(adata, truth_key)  # never read here
+t0 = time.perf_counter()
+import semst_sc
+semst_sc.tl.domains(adata, n_domains=n_domains, n_epochs={epochs}, seed=0, progress=False)
+wall = time.perf_counter() - t0
+run = adata.uns["semst"]
+res = {{"wall_s": wall, "runtime_s": float(run["runtime_s"]), "train_s": float(run["train_s"]),
+        "compiler_imported": sorted(m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules),
+        "src": semst_sc.__file__}}
+"""
+
+
+def measure(src: str, dataset: str, epochs: int, threads: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
+    res = run_json(CODE.format(threads=threads, here=str(HERE), dataset=dataset, epochs=epochs), env=env)
+    if "error" in res:
+        raise SystemExit(f"{src} on {dataset} failed: {res['error']}")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--before", default=None, help="src folder of an earlier tree (e.g. a git worktree)")
+    ap.add_argument("--after", default=str(HERE.parent / "src"), help="src folder of the later tree")
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="append the JSON records to this file")
+    args = ap.parse_args()
+    trees = {"after": args.after} if args.before is None else {"before": args.before, "after": args.after}
+    rows, records = [], []
+    for dataset in args.datasets:
+        runs: dict[str, list[dict]] = {name: [] for name in trees}
+        for _ in range(args.rounds):
+            for name, src in trees.items():
+                runs[name].append(measure(src, dataset, args.epochs, args.threads))
+        for name, got in runs.items():
+            row = {"dataset": dataset, "tree": name, "src": trees[name]}
+            for key in ("wall_s", "runtime_s", "train_s"):
+                row[key] = statistics.median(r[key] for r in got)
+            row["compiler imported"] = (
+                ", ".join(sorted({m for r in got for m in r["compiler_imported"]})) or "no"
+            )
+            rows.append(row)
+            records.append({**row, "epochs": args.epochs, "threads": args.threads, "runs": got})
+        print(f"{dataset}: done", file=sys.stderr)
+    print(table(rows, ["dataset", "tree", "wall_s", "runtime_s", "train_s", "compiler imported"]))
+    if args.out:
+        append_jsonl(args.out, records)
+
+
+if __name__ == "__main__":
+    main()
