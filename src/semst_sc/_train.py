@@ -183,7 +183,8 @@ class _CPUAdam:
         self.params = [p for p in params if p.requires_grad]
         self.lr, self.weight_decay, self.eps = float(lr), float(weight_decay), float(eps)
         self.beta1, self.beta2 = (float(b) for b in betas)
-        self.state: dict[int, tuple[list[float], torch.Tensor, torch.Tensor]] = {}
+        self.steps = [0] * len(self.params)  # per parameter, as torch counts them
+        self.moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -198,12 +199,12 @@ class _CPUAdam:
         for i, param in enumerate(self.params):
             if param.grad is None:  # as torch: a parameter without a gradient is left as it is
                 continue
-            if i not in self.state:
+            if i not in self.moments:
                 zeros = torch.zeros_like(param, memory_format=torch.preserve_format)
-                self.state[i] = ([0.0], zeros, zeros.clone())
-            count, exp_avg, exp_avg_sq = self.state[i]
-            count[0] += 1.0
-            step = count[0]
+                self.moments[i] = (zeros, zeros.clone())
+            exp_avg, exp_avg_sq = self.moments[i]
+            self.steps[i] += 1
+            step = float(self.steps[i])  # torch keeps the count as a float
             grad = param.grad
             if self.weight_decay != 0:
                 grad = grad.add(param, alpha=self.weight_decay)
