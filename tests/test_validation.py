@@ -358,6 +358,29 @@ def test_failing_public_calls_leave_adata_unchanged(name, make, call, error):
     assert_equal(adata, before)
 
 
+_KEYED_CALLS = {
+    "gr.spatial_graph": lambda a, key: semst.gr.spatial_graph(a, key_added=key),
+    "gr.feature_graph": lambda a, key: semst.gr.feature_graph(a, key_added=key),
+    "pp.preprocess": lambda a, key: semst.pp.preprocess(a, key_added=key),
+    "tl.semantic_embedding": lambda a, key: semst.tl.semantic_embedding(a, "minilm", key_added=key),
+    "tl.evaluate": lambda a, key: semst.tl.evaluate(a, "truth", "pred", key_added=key),
+    "tl.domains": lambda a, key: semst.tl.domains(a, n_domains=2, key_added=key),
+    "tl.domains embedding_key": lambda a, key: semst.tl.domains(a, n_domains=2, embedding_key=key),
+}
+
+
+@pytest.mark.parametrize("key", ["", 3, None])
+@pytest.mark.parametrize("fn", list(_KEYED_CALLS))
+def test_keys_to_write_must_be_non_empty_strings(fn, key):
+    adata = _adata()
+    adata.obs["truth"] = adata.obs["pred"] = pd.Categorical(["a", "b"] * 30)
+    before = adata.copy()
+    name = "embedding_key" if fn.endswith("embedding_key") else "key_added"
+    with pytest.raises(TypeError, match=rf"^{name} must be a non-empty string, got {key!r}\.$"):
+        _KEYED_CALLS[fn](adata, key)
+    assert_equal(adata, before)
+
+
 def test_domains_on_fewer_spots_than_feature_neighbours_names_its_parameter():
     adata = _adata(n_obs=12)
     before = adata.copy()

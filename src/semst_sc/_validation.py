@@ -77,6 +77,13 @@ def check_in_memory(adata: AnnData, *, fn: str) -> None:
         )
 
 
+def check_key(value: Any, name: str = "key_added") -> str:
+    """A key to write under (``key_added`` and the like): a non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{name} must be a non-empty string, got {value!r}.")
+    return value
+
+
 def check_seed(seed: Any, name: str = "seed") -> int:
     """A random seed: an integer (``bool`` refused) in [0, 2**32), as numpy, torch and scikit-learn take."""
     if isinstance(seed, bool) or not isinstance(seed, Integral):

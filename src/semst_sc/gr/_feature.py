@@ -47,7 +47,7 @@ from scipy import sparse
 from .._constants import Default, Key
 from .._docs import inject_docs
 from .._utils import block_rows, row_blocks, user_stacklevel
-from .._validation import check_anndata, check_choice, check_n_neighbors, check_obsm, get_counts
+from .._validation import check_anndata, check_choice, check_key, check_n_neighbors, check_obsm, get_counts
 from ._spatial import _groups
 
 FEATURE_METHODS = ("auto", "exact", "svd")
@@ -409,8 +409,7 @@ def feature_graph(
       ``source``, ``mean_degree``, ...).
     """
     check_anndata(adata, fn="semst.gr.feature_graph")
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    check_key(key_added)
     uns_key = _uns_key(key_added)
     clash = [f"adata.obsp[{key_added!r}]"] if key_added in adata.obsp else []
     clash += [f"adata.uns[{uns_key!r}]"] if uns_key in adata.uns else []

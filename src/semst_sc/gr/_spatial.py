@@ -36,7 +36,7 @@ from scipy.spatial import cKDTree
 from .._constants import SPATIAL_MODES, Default, Key
 from .._docs import inject_docs
 from .._utils import import_squidpy, user_stacklevel
-from .._validation import check_anndata, check_choice, check_n_neighbors, check_spatial
+from .._validation import check_anndata, check_choice, check_key, check_n_neighbors, check_spatial
 
 #: Default radius, in median nearest-neighbour distances (see the module docstring).
 RADIUS_FACTOR = 4.1
@@ -414,8 +414,7 @@ def spatial_graph(
       (squidpy's parameters plus ``mode``, the ``radius`` used, ``mean_degree`` and more).
     """
     check_anndata(adata, fn="semst.gr.spatial_graph", reads_x=False)
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    check_key(key_added)
     coords = check_spatial(adata, spatial_key)
     codes, libraries = _library_codes(adata, library_key)
     sizes = np.bincount(codes, minlength=libraries.size)

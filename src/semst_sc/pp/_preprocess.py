@@ -21,7 +21,7 @@ from scipy import sparse
 from .._constants import Default, Key
 from .._docs import inject_docs
 from .._utils import block_rows, row_blocks, user_stacklevel
-from .._validation import check_anndata, get_counts
+from .._validation import check_anndata, check_key, get_counts
 
 
 @dataclass
@@ -270,8 +270,7 @@ def preprocess(
     variable genes, their names, their raw counts and the per-spot size factors; ``adata`` is unchanged.
     """
     check_anndata(adata, fn="semst.pp.preprocess")
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    check_key(key_added)
     if inplace and key_added in adata.layers and key_added != Key.layers.scaled:
         # another layer of that name holds the user's data (the raw counts, often): never write over it
         raise ValueError(

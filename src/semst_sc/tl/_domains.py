@@ -12,7 +12,15 @@ from scanpy import logging as logg
 
 from .._constants import BACKENDS, CLUSTER_METHODS, CLUSTER_METRICS, FUSIONS, SPATIAL_WEIGHTINGS, Default, Key
 from .._utils import check_ema_decay, check_zinb_fraction
-from .._validation import check_anndata, check_choice, check_n_hops, check_not_users, check_seed, written_keys
+from .._validation import (
+    check_anndata,
+    check_choice,
+    check_key,
+    check_n_hops,
+    check_not_users,
+    check_seed,
+    written_keys,
+)
 from ._cluster import DEFAULT_K_RANGE, cluster_embedding, estimate_n_domains, smooth_embedding, smooth_labels
 from ._semst import SemST, _versions
 
@@ -254,9 +262,8 @@ def domains(
     smooth_hops = check_n_hops(smooth_hops, "smooth_hops")
     _library_codes(adata, library_key)  # before the semantic embedding writes anything
     seed = check_seed(seed)
-    for name, value in (("key_added", key_added), ("embedding_key", embedding_key)):
-        if not isinstance(value, str) or not value:
-            raise TypeError(f"{name} must be a non-empty string, got {value!r}.")
+    check_key(key_added)
+    check_key(embedding_key, "embedding_key")
     if embedding_key in (spatial_key, llm_key):
         raise ValueError(
             f"embedding_key={embedding_key!r} is the key of an input of tl.domains (the coordinates or the "

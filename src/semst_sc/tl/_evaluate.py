@@ -8,7 +8,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import Key
-from .._validation import check_anndata
+from .._validation import check_anndata, check_key
 from ._metrics import scores
 
 # Strings that mean "no label" in annotation columns (compared after stripping and lower-casing).
@@ -67,8 +67,7 @@ def evaluate(
         if key not in adata.obs:
             cols = ", ".join(map(repr, adata.obs.columns[:20])) or "none"
             raise KeyError(f"adata.obs has no column {key!r} for the {what} ({hint}); columns: {cols}.")
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    check_key(key_added)
     held = adata.uns.get(key_added)
     if held is not None and not (isinstance(held, dict) and {"ari", "truth_key"} <= set(held)):
         raise ValueError(

@@ -9,7 +9,15 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import CLUSTER_METHODS, CLUSTER_METRICS, Default, Key
-from .._validation import check_anndata, check_choice, check_n_hops, check_not_users, check_obsm, check_seed
+from .._validation import (
+    check_anndata,
+    check_choice,
+    check_key,
+    check_n_hops,
+    check_not_users,
+    check_obsm,
+    check_seed,
+)
 from ._cluster import DEFAULT_K_RANGE, cluster_embedding, estimate_n_domains, smooth_embedding, smooth_labels
 from ._domains import _check_n_domains, labels_to_categorical
 
@@ -115,8 +123,7 @@ def recluster(
         )
     own_key = str(run.get("domain_key", Key.obs.domain))
     key_added = own_key if key_added is None else key_added
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    check_key(key_added)
     check_not_users(adata, "obs", key_added, "key_added", "semst.tl.recluster")
     if copy:
         adata = adata.copy()

@@ -20,7 +20,7 @@ from .._constants import (
     Default,
     Key,
 )
-from .._validation import check_in_memory, check_not_users, get_counts, key_names
+from .._validation import check_in_memory, check_key, check_not_users, get_counts, key_names
 from ..semantics import _backend, _pipeline, _prompts, _ranking
 from ..semantics._cache import default_cache_dir
 
@@ -202,8 +202,7 @@ def semantic_embedding(
         raise TypeError(
             f"layer must be None or an integer index into the hidden states, got {type(layer).__name__}"
         )
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError("key_added must be a non-empty string")
+    check_key(key_added)
     if prefix_cache is not None and not isinstance(prefix_cache, bool):
         raise TypeError("prefix_cache must be None, True or False")
     if template is not None:
