@@ -155,7 +155,7 @@ def _set_deterministic_algorithms(mode: bool, *, warn_only: bool) -> None:
 
     In torch 2.13 the public function also sets ``torch._inductor.config.deterministic``, and importing
     that module loads the inductor and ``torch._dynamo``: 1.3-1.5 s on this project's CPUs, paid by the
-    first training of every process (a fifth of a call on a small panel). That setting concerns code the
+    first training of every process (a twentieth of a small panel's call). That setting concerns code the
     inductor compiles, and training compiles nothing, so where the inductor is not loaded only torch's own
     flag is set, as ``torch.set_deterministic_debug_mode`` does; where it is loaded (the user compiles
     something) the public function runs, and :func:`_deterministic` puts its setting back afterwards.
@@ -172,11 +172,10 @@ class _CPUAdam:
 
     ``torch.optim.Adam`` wraps its methods for ``torch.compile``, and the first call imports
     ``torch._dynamo`` to do so: 1.2-1.5 s on this project's CPUs, paid by the first training of every
-    process (every ``semst domains`` on the command line), longer than 300 epochs of a small panel take to
-    set up. On the CPU torch runs its single-tensor update, parameter by parameter; this class performs
-    the same operations in the same order (the tests check the parameters bit for bit against
-    ``torch.optim.Adam``), without the wrappers. :func:`optimizer` uses torch's own on other devices, where
-    its fused multi-tensor kernels are faster.
+    process (every ``semst domains`` on the command line). On the CPU torch runs its single-tensor update,
+    parameter by parameter; this class performs the same operations in the same order (the tests check
+    the parameters bit for bit against ``torch.optim.Adam``), without the wrappers. :func:`optimizer`
+    uses torch's own on other devices, where its multi-tensor kernels are faster.
     """
 
     def __init__(self, params, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
