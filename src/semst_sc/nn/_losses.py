@@ -53,6 +53,26 @@ def correlation_reduction_loss(h1: torch.Tensor, h2: torch.Tensor, eps: float = 
     return on + off
 
 
+def _offsets(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """CSR row offsets (``n + 1``) of entries whose row indices ``rows`` are sorted."""
+    crow = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
+    return crow
+
+
+def _transpose(
+    rows: torch.Tensor, cols: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The transpose of a CSR layout whose entries are sorted by row: ``(perm_t, col_t, crow_t)``.
+
+    ``perm_t`` is the position, in the row-sorted list, of the k-th entry in column order (a stable sort,
+    so each column's rows stay ascending), ``col_t`` the row index of that entry and ``crow_t`` the
+    column offsets.
+    """
+    perm_t = torch.argsort(cols, stable=True)
+    return perm_t, rows[perm_t], _offsets(cols, n)
+
+
 class _EdgeStructure:
     """CSR layout of an edge list (and of its transpose), for sampled dot products and their gradient."""
 
@@ -65,13 +85,8 @@ class _EdgeStructure:
         order = torch.argsort(key)
         self.rows, self.cols = rows[order], cols[order]
         self.keys = key[order]  # sorted: membership tests for negative sampling
-        self.crow = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
-        self.crow[1:] = torch.cumsum(torch.bincount(self.rows, minlength=n), 0)
-        order_t = torch.argsort(self.cols * n + self.rows)
-        self.perm_t = order_t  # position in the row-sorted list of the k-th edge in column order
-        self.col_t = self.rows[order_t]
-        self.crow_t = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
-        self.crow_t[1:] = torch.cumsum(torch.bincount(self.cols, minlength=n), 0)
+        self.crow = _offsets(self.rows, n)
+        self.perm_t, self.col_t, self.crow_t = _transpose(self.rows, self.cols, n)
         self.n_self = int((rows == cols).sum())
 
     def contains(self, key: torch.Tensor) -> torch.Tensor:
@@ -142,16 +157,11 @@ class _SampledPairs:
         self.n = n
         self.cols = cols.view(k, n).t().reshape(-1)[keep_t]
         self.n_edges = int(self.cols.numel())
-        counts = keep_t.view(n, k).sum(1)
-        rows = torch.repeat_interleave(torch.arange(n, device=cols.device), counts)
+        rows = torch.repeat_interleave(torch.arange(n, device=cols.device), keep_t.view(n, k).sum(1))
         if cols.device.type != "cpu":
             self.cols = self.cols[torch.argsort(rows * n + self.cols)]
-        self.crow = torch.zeros(n + 1, dtype=torch.int64, device=cols.device)
-        self.crow[1:] = torch.cumsum(counts, 0)
-        self.perm_t = torch.argsort(self.cols, stable=True)
-        self.col_t = rows[self.perm_t]
-        self.crow_t = torch.zeros(n + 1, dtype=torch.int64, device=cols.device)
-        self.crow_t[1:] = torch.cumsum(torch.bincount(self.cols, minlength=n), 0)
+        self.crow = _offsets(rows, n)
+        self.perm_t, self.col_t, self.crow_t = _transpose(rows, self.cols, n)
 
 
 def _negative_dots(zn: torch.Tensor, pairs: _SampledPairs) -> torch.Tensor:
