@@ -89,6 +89,15 @@ def run_json(code: str, timeout: float = 3600, env: dict[str, str] | None = None
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_in_tree(src: str, code: str, what: str) -> dict:
+    """:func:`run_json` with ``PYTHONPATH`` at the source folder ``src`` (a tree to compare); a failure ends
+    the script with ``what`` and the child's error."""
+    res = run_json(code, env={**os.environ, "PYTHONPATH": str(Path(src).resolve())})
+    if "error" in res:
+        raise SystemExit(f"{src} on {what} failed: {res['error']}")
+    return res
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
     """A markdown table of ``rows`` restricted to ``cols`` (floats rounded)."""
 

@@ -16,7 +16,6 @@ table gives the median of each over the rounds.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import DATASETS, append_jsonl, run_json, table  # noqa: E402
+from _common import DATASETS, append_jsonl, run_in_tree, table  # noqa: E402
 
 CODE = """
 import time, torch
@@ -45,11 +44,9 @@ res = {{"wall_s": wall, "runtime_s": float(run["runtime_s"]), "train_s": float(r
 
 
 def measure(src: str, dataset: str, epochs: int, threads: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-    res = run_json(CODE.format(threads=threads, here=str(HERE), dataset=dataset, epochs=epochs), env=env)
-    if "error" in res:
-        raise SystemExit(f"{src} on {dataset} failed: {res['error']}")
-    return res
+    return run_in_tree(
+        src, CODE.format(threads=threads, here=str(HERE), dataset=dataset, epochs=epochs), dataset
+    )
 
 
 def main() -> None:

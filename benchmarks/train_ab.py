@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import DATASETS, append_jsonl, run_json, table  # noqa: E402
+from _common import DATASETS, append_jsonl, run_in_tree, table  # noqa: E402
 
 CODE = """
 import hashlib, statistics, torch
@@ -45,12 +45,9 @@ res = {{"median_s": statistics.median(sec), "src": semst_sc.__file__,
 
 
 def measure(src: str, dataset: str, epochs: int, threads: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-    code = CODE.format(threads=threads, here=str(HERE), dataset=dataset, epochs=epochs)
-    res = run_json(code, env=env)
-    if "error" in res:
-        raise SystemExit(f"{src} on {dataset} failed: {res['error']}")
-    return res
+    return run_in_tree(
+        src, CODE.format(threads=threads, here=str(HERE), dataset=dataset, epochs=epochs), dataset
+    )
 
 
 def main() -> None:
