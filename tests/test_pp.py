@@ -111,12 +111,42 @@ def test_counts_from_a_layer_and_custom_key():
     semst.pp.preprocess(adata, layer="counts", n_top_genes=20, min_cells=5, key_added="mine")
     assert "mine" in adata.layers and adata.var[Key.var.hvg].sum() == 20
     counts = adata.layers["counts"].copy()
-    for key, said in (("counts", "the counts it reads"), ("mine", "Pass another key_added=")):
+    adata.layers["theirs"] = adata.X.copy()
+    for key, said in (("counts", "the counts it reads"), ("theirs", "which it did not write")):
         with pytest.raises(ValueError, match=rf"would overwrite adata\.layers\['{key}'\].*{said}"):
             semst.pp.preprocess(adata, layer="counts", n_top_genes=20, min_cells=5, key_added=key)
     assert (adata.layers["counts"] != counts).nnz == 0
+    np.testing.assert_array_equal(adata.layers["theirs"], adata.X)
     semst.pp.preprocess(adata, layer="counts", n_top_genes=20, min_cells=5)  # the default key, twice
     semst.pp.preprocess(adata, layer="counts", n_top_genes=20, min_cells=5)
+    assert list(adata.uns[Key.uns.preprocess]["layers"]) == sorted([Key.layers.scaled, "mine"])
+
+
+def test_preprocess_records_its_parameters_and_may_rewrite_its_own_layer(tmp_path):
+    adata = _counts()
+    semst.pp.preprocess(adata, n_top_genes=20, min_cells=5, key_added="mine")
+    record = adata.uns[Key.uns.preprocess]
+    assert record["params"]["n_top_genes"] == 20 and record["params"]["min_cells"] == 5
+    assert record["params"]["layer"] == "X" and record["params"]["key_added"] == "mine"
+    assert list(record["layers"]) == ["mine"]
+    # a later call, here after an h5ad round trip, may write the layer it wrote again, with other settings
+    adata.write_h5ad(tmp_path / "pp.h5ad")
+    back = ad.read_h5ad(tmp_path / "pp.h5ad")
+    first = back.layers["mine"].copy()
+    semst.pp.preprocess(back, n_top_genes=10, min_cells=5, key_added="mine")
+    assert back.var[Key.var.hvg].sum() == 10 and back.uns[Key.uns.preprocess]["params"]["n_top_genes"] == 10
+    assert (back.layers["mine"] != first).nnz > 0 and list(back.uns[Key.uns.preprocess]["layers"]) == ["mine"]
+    # the layer it wrote is still never read as counts and written over in one call
+    with pytest.raises(ValueError, match=r"would overwrite adata\.layers\['mine'\], the counts it reads"):
+        semst.pp.preprocess(back, layer="mine", key_added="mine")
+    # a layer it wrote and the user removed leaves the record at the next call
+    del back.layers["mine"]
+    semst.pp.preprocess(back, n_top_genes=10, min_cells=5)
+    assert list(back.uns[Key.uns.preprocess]["layers"]) == [Key.layers.scaled]
+    # inplace=False writes nothing, the record included
+    fresh = _counts()
+    semst.pp.preprocess(fresh, n_top_genes=10, min_cells=5, inplace=False)
+    assert Key.uns.preprocess not in fresh.uns
 
 
 def test_small_panel_caps_n_top_genes_and_lowers_min_cells():

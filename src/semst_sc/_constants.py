@@ -35,6 +35,7 @@ class Key:
         spatial_graph = "spatial_neighbors"
         feature_graph = "semst_feature_neighbors"
         evaluation = "semst_evaluation"
+        preprocess = "semst_preprocess"
         spatial = "spatial"  # squidpy / scanpy: per-library images and scale factors of Visium data
 
     @staticmethod

@@ -21,7 +21,7 @@ from scipy import sparse
 from .._constants import Default, Key
 from .._docs import inject_docs
 from .._utils import block_rows, row_blocks, user_stacklevel
-from .._validation import check_anndata, check_key, get_counts
+from .._validation import check_anndata, check_key, get_counts, key_names
 
 
 @dataclass
@@ -255,8 +255,9 @@ def preprocess(
     inplace
         Write the result into ``adata`` (``True``) or return it (``False``).
     key_added
-        Layer that receives the scaled matrix. The default layer is written again on every call; an
-        existing layer of another name (e.g. ``'counts'``) is refused with a ValueError, never replaced.
+        Layer that receives the scaled matrix. The default layer, and any layer an earlier call wrote (as
+        listed in ``uns['{record}']['layers']``), is written again; an existing layer of another name (e.g.
+        ``'counts'``), or the layer the counts are read from, is refused with a ValueError, never replaced.
 
     Returns
     -------
@@ -264,18 +265,22 @@ def preprocess(
 
     - ``adata.var['{hvg}']`` - boolean, the highly variable genes;
     - ``adata.layers[key_added]`` - CSR float32, the scaled matrix at full width (zero outside the highly
-      variable genes).
+      variable genes);
+    - ``adata.uns['{record}']`` - ``params`` (those used, after any adjustment for a small panel, with
+      ``layer`` and ``key_added``) and ``layers``, every layer the calls on this object wrote.
 
     With ``inplace=False``, a :class:`~semst_sc.pp.Preprocessed` holding the scaled matrix of the highly
     variable genes, their names, their raw counts and the per-spot size factors; ``adata`` is unchanged.
     """
     check_anndata(adata, fn="semst.pp.preprocess")
     check_key(key_added)
-    if inplace and key_added in adata.layers and key_added != Key.layers.scaled:
+    written = _written_layers(adata)
+    ours = written | {Key.layers.scaled}  # the default layer is always semst-sc's to write again
+    if inplace and key_added in adata.layers and (key_added not in ours or key_added == layer):
         # another layer of that name holds the user's data (the raw counts, often): never write over it
         raise ValueError(
             f"semst.pp.preprocess would overwrite adata.layers[{key_added!r}]"
-            + (", the counts it reads" if key_added == layer else "")
+            + (", the counts it reads" if key_added == layer else ", which it did not write")
             + f". Pass another key_added= (the default is {Key.layers.scaled!r}), or remove that layer first "
             f"(`del adata.layers[{key_added!r}]`) if it is to be replaced."
         )
@@ -300,13 +305,25 @@ def preprocess(
     mask[cols] = True
     adata.var[Key.var.hvg] = mask
     adata.layers[key_added] = full
+    adata.uns[Key.uns.preprocess] = {
+        "params": {**pre.params, "layer": "X" if layer is None else layer, "key_added": key_added},
+        "layers": sorted((written & set(adata.layers)) | {key_added}),
+    }
     logg.info(
         "    finished",
         time=start,
         deep=f"added\n    'var[{Key.var.hvg!r}]', {cols.size} highly variable genes\n"
-        f"    'layers[{key_added!r}]', scaled matrix (sparse, float32)",
+        f"    'layers[{key_added!r}]', scaled matrix (sparse, float32)\n"
+        f"    'uns[{Key.uns.preprocess!r}]', parameters",
     )
     return None
 
 
-preprocess.__doc__ = preprocess.__doc__.replace("{hvg}", Key.var.hvg)
+def _written_layers(adata: AnnData) -> set[str]:
+    """The layers earlier :func:`preprocess` calls wrote into ``adata``, as its record lists them."""
+    record = adata.uns.get(Key.uns.preprocess)
+    layers = record.get("layers", ()) if isinstance(record, dict) else ()
+    return key_names(layers)
+
+
+preprocess.__doc__ = preprocess.__doc__.replace("{hvg}", Key.var.hvg).replace("{record}", Key.uns.preprocess)
