@@ -518,18 +518,78 @@ def test_own_keys_are_rewritten_after_reloading_and_recluster(adata, tmp_path):
     kw = {"n_epochs": 2, "progress": False}
     semst.tl.domains(adata, 3, key_added="dom_a", embedding_key="emb_a", **kw)
     semst.tl.recluster(adata, 4, key_added="dom_a4")
-    semst.tl.domains(adata, 3, **kw)  # the defaults: the record now names semst_domain / X_semst
+    with pytest.warns(UserWarning, match=r"this run's record replaces it.*uns_key='semst_domain_run'"):
+        semst.tl.domains(adata, 3, **kw)  # the defaults: the record now names semst_domain / X_semst
     adata.write_h5ad(tmp_path / "run.h5ad")
     back = ad.read_h5ad(tmp_path / "run.h5ad")
     written = set(back.uns[Key.uns.semst]["written_keys"]["obs"])
     assert {"dom_a", "dom_a4", Key.obs.domain} <= written
-    semst.tl.domains(back, 2, key_added="dom_a", embedding_key="emb_a", **kw)
+    with pytest.warns(UserWarning, match="this run's record replaces it"):
+        semst.tl.domains(back, 2, key_added="dom_a", embedding_key="emb_a", **kw)
     semst.tl.recluster(back, 2, key_added="dom_a4")
     assert back.obs["dom_a"].cat.categories.size == 2 and back.obs["dom_a4"].cat.categories.size == 2
     truth = back.obs["layer_guess_reordered"].copy()
     with pytest.raises(ValueError, match=r"semst\.tl\.recluster would overwrite adata\.obs\['layer_guess"):
         semst.tl.recluster(back, 3, key_added="layer_guess_reordered")
     pd.testing.assert_series_equal(back.obs["layer_guess_reordered"], truth)
+
+
+def test_runs_kept_under_their_own_uns_key(adata, tmp_path):
+    """Two runs in one object keep both records (uns_key); recluster and pl.loss read the one named, the
+    keys of either run stay semst-sc's to rewrite after save and load, and a shared record says it is
+    being replaced."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    kw = {"n_epochs": 2, "progress": False}
+    semst.tl.domains(adata, 3, **kw)
+    semst.tl.domains(
+        adata, 4, key_added="dom_b", embedding_key="emb_b", uns_key="semst_b", fusion="none", **kw
+    )
+    first, second = adata.uns[Key.uns.semst], adata.uns["semst_b"]
+    assert first["domain_key"] == Key.obs.domain and first["params"]["n_domains"] == 3
+    assert second["domain_key"] == "dom_b" and second["params"]["n_domains"] == 4
+    assert first["function"] == second["function"] == "semst.tl.domains"
+    # recluster the second run: its embedding, its column, its record; the first run is left as it was
+    labels_a = adata.obs[Key.obs.domain].copy()
+    semst.tl.recluster(adata, 2, uns_key="semst_b")
+    assert adata.obs["dom_b"].cat.categories.size == 2 and adata.uns["semst_b"]["params"]["n_domains"] == 2
+    pd.testing.assert_series_equal(adata.obs[Key.obs.domain], labels_a)
+    assert adata.uns[Key.uns.semst]["params"]["n_domains"] == 3
+    semst.pl.loss(adata, "semst_b", show=False)
+    # after save and load, the second run's keys are recognised from its own record
+    adata.write_h5ad(tmp_path / "two.h5ad")
+    back = ad.read_h5ad(tmp_path / "two.h5ad")
+    semst.tl.domains(back, 2, key_added="dom_b", embedding_key="emb_b", uns_key="semst_b", **kw)
+    # a run writing another column into an existing record replaces it, and says so
+    with pytest.warns(
+        UserWarning, match=r"uns\['semst_b'\] holds the record of the run that wrote obs\['dom_b'\]"
+    ):
+        semst.tl.domains(back, 2, uns_key="semst_b", **kw)
+    assert back.uns["semst_b"]["domain_key"] == Key.obs.domain
+    # a missing record names the ones there are
+    with pytest.raises(KeyError, match=r"uns\['nope'\] is missing.*uns_key='semst', 'semst_b'"):
+        semst.tl.recluster(back, 2, uns_key="nope")
+
+
+@pytest.mark.parametrize(
+    ("uns_key", "exc", "match"),
+    [
+        ("user_notes", ValueError, r"would overwrite adata\.uns\['user_notes'\], which is not the record"),
+        (Key.uns.llm, ValueError, "names a slot that another function writes"),
+        (Key.uns.spatial_graph, ValueError, "names a slot that another function writes"),
+        ("semst_domain_colors", ValueError, "names a slot that another function writes"),
+        ("", TypeError, "uns_key must be a non-empty string"),
+        (None, TypeError, "uns_key must be a non-empty string"),
+    ],
+)
+def test_bad_uns_key_is_refused_before_any_work(adata, uns_key, exc, match):
+    adata.uns["user_notes"] = {"note": "mine"}
+    snap = _snapshot(adata)
+    with pytest.raises(exc, match=match):
+        semst.tl.domains(adata, 3, n_epochs=2, progress=False, uns_key=uns_key)
+    _assert_unchanged(adata, snap)
+    assert adata.uns["user_notes"] == {"note": "mine"}
 
 
 def test_view_is_rejected(demo):

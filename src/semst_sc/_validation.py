@@ -99,22 +99,65 @@ def key_names(values: Any) -> set[str]:
     return {str(k) for k in np.asarray(values, dtype=object).ravel()}
 
 
+#: The ``function`` entry of a ``tl.domains`` record, by which records under other keys of ``uns`` are found.
+DOMAINS_RECORD = "semst.tl.domains"
+
+#: Keys of ``uns`` that other semst-sc functions (or squidpy / scanpy) own: never a ``tl.domains`` record.
+_RESERVED_UNS = {
+    Key.uns.llm,
+    Key.uns.spatial_graph,
+    Key.uns.feature_graph,
+    Key.uns.evaluation,
+    Key.uns.preprocess,
+    Key.uns.spatial,
+}
+
+
+def domains_records(adata: AnnData) -> dict[str, dict]:
+    """The records ``tl.domains`` runs left in ``adata.uns``: ``uns['semst']`` and any key marked as one."""
+    return {
+        str(key): rec
+        for key, rec in adata.uns.items()
+        if isinstance(rec, dict) and (key == Key.uns.semst or rec.get("function") == DOMAINS_RECORD)
+    }
+
+
 def written_keys(adata: AnnData) -> dict[str, set[str]]:
-    """The ``obs`` and ``obsm`` keys ``tl.domains`` / ``tl.recluster`` runs wrote (the defaults always count)."""
-    run = adata.uns.get(Key.uns.semst, {})
-    run = run if isinstance(run, dict) else {}
-    stored = run.get("written_keys", {})
+    """The ``obs`` and ``obsm`` keys ``tl.domains`` / ``tl.recluster`` runs wrote (the defaults always count).
+
+    Read from every run's record (see :func:`domains_records`), so a run kept under its own ``uns_key``
+    still counts.
+    """
     keys = {"obs": {Key.obs.domain}, "obsm": {Key.obsm.semst}}
-    for slot in keys:
-        if isinstance(stored, dict) and slot in stored:
-            keys[slot] |= key_names(stored[slot])
-    if "domain_key" in run:
-        keys["obs"].add(str(run["domain_key"]))
-    if "embedding_key" in run:
-        keys["obsm"].add(str(run["embedding_key"]))
-    if isinstance(run.get("reclustered"), dict):
-        keys["obs"].update(map(str, run["reclustered"]))
+    for run in domains_records(adata).values():
+        stored = run.get("written_keys", {})
+        for slot in keys:
+            if isinstance(stored, dict) and slot in stored:
+                keys[slot] |= key_names(stored[slot])
+        if "domain_key" in run:
+            keys["obs"].add(str(run["domain_key"]))
+        if "embedding_key" in run:
+            keys["obsm"].add(str(run["embedding_key"]))
+        if isinstance(run.get("reclustered"), dict):
+            keys["obs"].update(map(str, run["reclustered"]))
     return keys
+
+
+def check_uns_key(adata: AnnData, uns_key: Any, fn: str) -> str:
+    """``uns_key`` of ``tl.domains``: a name that holds no data of the user's or of another function."""
+    check_key(uns_key, "uns_key")
+    if uns_key in _RESERVED_UNS or uns_key.endswith("_colors"):
+        raise ValueError(
+            f"uns_key={uns_key!r} names a slot that another function writes (a graph's or the semantics' "
+            f"record, a palette, squidpy's images); pass another one (the default is {Key.uns.semst!r})."
+        )
+    if uns_key in adata.uns and uns_key not in domains_records(adata):
+        raise ValueError(
+            f"{fn} would overwrite adata.uns[{uns_key!r}], which is not the record of a semst.tl.domains "
+            f"run. Pass another uns_key=, or remove it first (`del adata.uns[{uns_key!r}]`) if it is to be "
+            "replaced."
+        )
+    return uns_key
 
 
 def check_not_users(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -11,14 +12,16 @@ from anndata import AnnData
 from scanpy import logging as logg
 
 from .._constants import BACKENDS, CLUSTER_METHODS, CLUSTER_METRICS, FUSIONS, SPATIAL_WEIGHTINGS, Default, Key
-from .._utils import check_ema_decay, check_zinb_fraction
+from .._utils import check_ema_decay, check_zinb_fraction, user_stacklevel
 from .._validation import (
+    DOMAINS_RECORD,
     check_anndata,
     check_choice,
     check_key,
     check_n_hops,
     check_not_users,
     check_seed,
+    check_uns_key,
     written_keys,
 )
 from ._cluster import DEFAULT_K_RANGE, cluster_embedding, estimate_n_domains, smooth_embedding, smooth_labels
@@ -81,6 +84,7 @@ def domains(
     llm_key: str = Key.obsm.llm,
     key_added: str = Key.obs.domain,
     embedding_key: str = Key.obsm.semst,
+    uns_key: str = Key.uns.semst,
     spatial_key: str = Key.obsm.spatial,
     seed: int = Default.seed,
     device: str | None = None,
@@ -216,6 +220,12 @@ def domains(
         ``uns['semst']['written_keys']``): a column or array it did not write, such as an annotation,
         is refused with a ValueError before any work, and ``embedding_key`` may not name the coordinates
         or the semantics.
+    uns_key
+        Key of :attr:`~anndata.AnnData.uns` that receives the run's record (parameters, loss history, keys).
+        A later run into the same key replaces the record, with a warning when it writes another domain
+        column; give each run its own ``uns_key`` (``'semst_none'``, say) to keep both, e.g. to compare
+        fusions in one object. :func:`~semst_sc.tl.recluster` and :func:`~semst_sc.pl.loss` take the same
+        key. A key that holds anything else (the user's, a graph's, the semantics') is refused.
     seed
         One seed for numpy, torch and clustering. On the CPU the same seed gives the same labels with the
         same number of torch threads on the same kind of processor (both are recorded in
@@ -239,9 +249,10 @@ def domains(
 
     - ``obsm['X_semst']`` (``embedding_key``): the learned embedding, N x ``latent_dim``;
     - ``obs['semst_domain']`` (``key_added``): categorical domains ``'1'..'K'``, the largest first;
-    - ``uns['semst']``: ``params``, ``versions``, ``environment`` (device name, torch threads: what besides
-      the seed fixes the exact numbers), ``history`` (loss per epoch: ``loss``, ``zinb``, ``cr``,
-      ``spatial``), ``runtime_s`` and ``train_s`` (seconds), the keys used and, when estimated, ``domain_selection``;
+    - ``uns['semst']`` (``uns_key``): ``params``, ``versions``, ``environment`` (device name, torch
+      threads: what besides the seed fixes the exact numbers), ``history`` (loss per epoch: ``loss``,
+      ``zinb``, ``cr``, ``spatial``), ``runtime_s`` and ``train_s`` (seconds), the keys used and, when
+      estimated, ``domain_selection``;
     - missing graphs: ``obsp['spatial_connectivities']``, ``obsp['spatial_distances']``,
       ``obsp['semst_feature_connectivities']``, and how they were built (``uns['spatial_neighbors']``,
       ``uns['semst_feature_neighbors']``). Existing graphs are reused, never overwritten; one built for
@@ -271,6 +282,16 @@ def domains(
         )
     check_not_users(adata, "obs", key_added, "key_added", "semst.tl.domains")
     check_not_users(adata, "obsm", embedding_key, "embedding_key", "semst.tl.domains")
+    check_uns_key(adata, uns_key, "semst.tl.domains")
+    earlier = adata.uns.get(uns_key)
+    if isinstance(earlier, dict) and str(earlier.get("domain_key", key_added)) != key_added:
+        warnings.warn(
+            f"adata.uns[{uns_key!r}] holds the record of the run that wrote obs[{str(earlier['domain_key'])!r}]"
+            f" (its parameters and loss history); this run's record replaces it. To keep both, pass each run "
+            f"its own uns_key= (e.g. uns_key={key_added + '_run'!r}).",
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
     if backend == "dgl":
         from .._train import resolve_device
         from ..nn._dgl import check_dgl_device, require_dgl
@@ -366,6 +387,7 @@ def domains(
     written["obs"].add(key_added)
     written["obsm"].add(embedding_key)
     uns: dict[str, Any] = {
+        "function": DOMAINS_RECORD,
         "params": params,
         "versions": _versions(),
         "environment": dict(semst.environment),
@@ -384,9 +406,9 @@ def domains(
     colors = Key.colors(key_added)
     if colors in adata.uns and len(adata.uns[colors]) != adata.obs[key_added].cat.categories.size:
         del adata.uns[colors]  # a palette left by an earlier run with another number of domains
-    adata.uns[Key.uns.semst] = uns
+    adata.uns[uns_key] = uns
     logg.info(
         f"    finished in {uns['runtime_s']:.1f} s: added .obsm[{embedding_key!r}], .obs[{key_added!r}] "
-        f"({n_domains} domains), .uns[{Key.uns.semst!r}]"
+        f"({n_domains} domains), .uns[{uns_key!r}]"
     )
     return adata if copy else None

@@ -17,6 +17,7 @@ from .._validation import (
     check_not_users,
     check_obsm,
     check_seed,
+    domains_records,
 )
 from ._cluster import DEFAULT_K_RANGE, cluster_embedding, estimate_n_domains, smooth_embedding, smooth_labels
 from ._domains import _check_n_domains, labels_to_categorical
@@ -31,12 +32,18 @@ _SETTINGS = {
 }
 
 
-def _stored_run(adata: AnnData) -> dict[str, Any]:
-    run = adata.uns.get(Key.uns.semst)
+def _stored_run(adata: AnnData, uns_key: str) -> dict[str, Any]:
+    run = adata.uns.get(uns_key)
     if not isinstance(run, dict) or not isinstance(run.get("params"), dict):
+        runs = sorted(k for k, r in domains_records(adata).items() if isinstance(r.get("params"), dict))
+        hint = (
+            f"; the runs recorded here are under uns_key={', '.join(map(repr, runs))}"
+            if runs
+            else "; run semst.tl.domains(adata) first"
+        )
         raise KeyError(
-            f"adata.uns[{Key.uns.semst!r}] is missing or holds no 'params': recluster reuses a trained "
-            "embedding and its settings; run semst.tl.domains(adata) first."
+            f"adata.uns[{uns_key!r}] is missing or holds no 'params': recluster reuses a trained embedding and "
+            f"its settings{hint}."
         )
     return run
 
@@ -53,6 +60,7 @@ def recluster(
     k_range: tuple[int, int] = DEFAULT_K_RANGE,
     seed: int | None = None,
     connectivity_key: str = Key.obsp.spatial_conn,
+    uns_key: str = Key.uns.semst,
     copy: bool = False,
 ) -> AnnData | None:
     """Cluster the embedding that :func:`semst_sc.tl.domains` trained again, into another number of domains.
@@ -81,6 +89,9 @@ def recluster(
         Candidates for ``n_domains=None``.
     connectivity_key
         Spatial graph in ``adata.obsp`` for the averaging and the label vote (the one ``tl.domains`` used).
+    uns_key
+        The record of the run to cluster again, the ``uns_key`` that :func:`~semst_sc.tl.domains` was given;
+        its embedding is read and its record updated.
     copy
         Return a modified copy instead of writing to ``adata``.
 
@@ -96,7 +107,8 @@ def recluster(
     """
     check_anndata(adata, fn="semst.tl.recluster", reads_x=False)
     _check_n_domains(n_domains, adata.n_obs)
-    run = _stored_run(adata)
+    check_key(uns_key, "uns_key")
+    run = _stored_run(adata, uns_key)
     params = run["params"]
     given = {
         "cluster_method": cluster_method,
@@ -127,7 +139,7 @@ def recluster(
     check_not_users(adata, "obs", key_added, "key_added", "semst.tl.recluster")
     if copy:
         adata = adata.copy()
-        run = adata.uns[Key.uns.semst]
+        run = adata.uns[uns_key]
 
     adj = sp.csr_matrix(adata.obsp[connectivity_key]) if needs_graph else None
     emb_c = smooth_embedding(emb, adj, used["smooth_hops"]) if used["smooth_hops"] else emb
