@@ -314,6 +314,34 @@ def test_correlation_loss_matches_direct_formula():
     assert float(snn.correlation_reduction_loss(h1, h2)) == pytest.approx(expected, rel=1e-12)
 
 
+def test_correlation_loss_gradient_matches_normalising_the_columns_first():
+    """The loss divides h1^T h2 by the column norms instead of normalising N x d copies: same value and
+    gradient as the normalise-first formula, also with an all-zero column (cosine 0 with everything)."""
+    torch.manual_seed(1)
+    h1, h2 = torch.randn(60, 6, dtype=torch.float64), torch.randn(60, 6, dtype=torch.float64)
+    h1[:, 2] = 0.0
+    grads = []
+    for fn in (snn.correlation_reduction_loss, _normalise_first_correlation_loss):
+        a, b = h1.clone().requires_grad_(), h2.clone().requires_grad_()
+        loss = fn(a, b)
+        loss.backward()
+        grads.append((float(loss), a.grad, b.grad))
+    (l0, ga0, gb0), (l1, ga1, gb1) = grads
+    assert np.isfinite(l0) and l0 == pytest.approx(l1, rel=1e-12)
+    torch.testing.assert_close(ga0, ga1, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gb0, gb1, rtol=1e-10, atol=1e-12)
+    assert ga0[:, 2].abs().max() > 0  # the zero column still gets a gradient, as with normalising first
+
+
+def _normalise_first_correlation_loss(h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
+    c = torch.nn.functional.normalize(h1, dim=0, eps=1e-12).T @ torch.nn.functional.normalize(
+        h2, dim=0, eps=1e-12
+    )
+    d = c.shape[0]
+    diag = torch.diagonal(c)
+    return (diag - 1.0).square().mean() + (c.square().sum() - diag.square().sum()) / (d * (d - 1))
+
+
 def _dense_spatial_terms(z: torch.Tensor, adj: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """The reference's dense computation over N x N (fine for tiny N in a test)."""
     zn = torch.nn.functional.normalize(z, dim=1)

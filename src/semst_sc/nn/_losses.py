@@ -44,7 +44,11 @@ def correlation_reduction_loss(h1: torch.Tensor, h2: torch.Tensor, eps: float = 
             f"h1 and h2 must be 2-D with equal shapes, got {tuple(h1.shape)} and {tuple(h2.shape)}."
         )
     d = h1.shape[1]
-    c = F.normalize(h1, dim=0, eps=eps).t() @ F.normalize(h2, dim=0, eps=eps)
+    # C = diag(1/|h1_i|) (h1^T h2) diag(1/|h2_j|): the d x d product scaled by the column norms, the same
+    # cosines as normalising the N x d columns first, without two normalised N x d copies and their backward
+    n1 = torch.linalg.vector_norm(h1, dim=0).clamp_min(eps)
+    n2 = torch.linalg.vector_norm(h2, dim=0).clamp_min(eps)
+    c = (h1.t() @ h2) / (n1[:, None] * n2[None, :])
     diag = torch.diagonal(c)
     on = (diag - 1.0).square().mean()
     if d == 1:
