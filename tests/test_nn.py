@@ -419,18 +419,22 @@ def test_spatial_loss_positive_gradient_matches_gather_autograd():
     )
 
 
-def test_sampled_negative_pairs_match_gathers():
+@pytest.mark.parametrize("sort_within_rows", [False, True])
+def test_sampled_negative_pairs_match_gathers(sort_within_rows):
     # the negatives' CSR layout (rounds of one partner per spot, some dropped) gives the plain gathered
-    # dot products and their gradient, pair for pair
+    # dot products and their gradient, pair for pair; sorted within rows, as off the CPU (for cuSPARSE),
+    # the same, here on the CPU where it can run
     gen = torch.Generator().manual_seed(3)
     n, d, k = 200, 16, 7
     z = torch.randn(n, d, generator=gen, requires_grad=True)
     i = torch.arange(n).repeat(k)
     j = torch.randint(0, n, (n * k,), generator=gen)
     keep = (i != j) & (torch.rand(n * k, generator=gen) > 0.2)
-    pairs = _SampledPairs(j, keep, n, k)
+    pairs = _SampledPairs(j, keep, n, k, sort_within_rows=sort_within_rows)
     assert pairs.n_edges == int(keep.sum())
     rows = torch.repeat_interleave(torch.arange(n), pairs.crow.diff())
+    key = rows * n + pairs.cols
+    assert bool((key.diff() >= 0).all()) == sort_within_rows  # sorted only when asked (the draws are not)
     # the same multiset of pairs as the draw, grouped by spot
     assert sorted(zip((rows * n + pairs.cols).tolist())) == sorted(zip((i * n + j)[keep].tolist()))
     assert torch.equal(rows[pairs.perm_t], pairs.col_t)

@@ -153,16 +153,19 @@ class _SampledPairs:
     kernels of the sampled product and of the sparse-dense products read a row in any order); elsewhere
     they are sorted, as cuSPARSE assumes. The transpose, for the gradient of the partners, takes one
     stable sort. The layout is rebuilt at every call, as the pairs are redrawn; it costs O(n k) time and
-    memory.
+    memory. ``sort_within_rows`` (None: on devices other than the CPU) sorts each spot's partners; the
+    sums the loss takes over the pairs do not depend on their order.
     """
 
-    def __init__(self, cols: torch.Tensor, keep: torch.Tensor, n: int, k: int) -> None:
+    def __init__(
+        self, cols: torch.Tensor, keep: torch.Tensor, n: int, k: int, sort_within_rows: bool | None = None
+    ) -> None:
         keep_t = keep.view(k, n).t().reshape(-1)
         self.n = n
         self.cols = cols.view(k, n).t().reshape(-1)[keep_t]
         self.n_edges = int(self.cols.numel())
         rows = torch.repeat_interleave(torch.arange(n, device=cols.device), keep_t.view(n, k).sum(1))
-        if cols.device.type != "cpu":
+        if cols.device.type != "cpu" if sort_within_rows is None else sort_within_rows:
             self.cols = self.cols[torch.argsort(rows * n + self.cols)]
         self.crow = _offsets(rows, n)
         self.perm_t, self.col_t, self.crow_t = _transpose(rows, self.cols, n)
