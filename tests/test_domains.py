@@ -567,9 +567,16 @@ def test_runs_kept_under_their_own_uns_key(adata, tmp_path):
     ):
         semst.tl.domains(back, 2, uns_key="semst_b", **kw)
     assert back.uns["semst_b"]["domain_key"] == Key.obs.domain
-    # a missing record names the ones there are
+    # a missing record names the ones there are; another function's record is never taken for a run
     with pytest.raises(KeyError, match=r"uns\['nope'\] is missing.*uns_key='semst', 'semst_b'"):
         semst.tl.recluster(back, 2, uns_key="nope")
+    graph_record = dict(back.uns[Key.uns.spatial_graph])
+    assert "params" in graph_record
+    labels = back.obs[Key.obs.domain].copy()
+    with pytest.raises(KeyError, match=r"uns\['spatial_neighbors'\] is missing or is not the record"):
+        semst.tl.recluster(back, 2, uns_key=Key.uns.spatial_graph)
+    assert back.uns[Key.uns.spatial_graph].keys() == graph_record.keys()
+    pd.testing.assert_series_equal(back.obs[Key.obs.domain], labels)
 
 
 @pytest.mark.parametrize(

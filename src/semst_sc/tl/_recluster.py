@@ -33,17 +33,18 @@ _SETTINGS = {
 
 
 def _stored_run(adata: AnnData, uns_key: str) -> dict[str, Any]:
-    run = adata.uns.get(uns_key)
+    records = domains_records(adata)  # never another function's record that happens to hold 'params'
+    run = records.get(uns_key)
     if not isinstance(run, dict) or not isinstance(run.get("params"), dict):
-        runs = sorted(k for k, r in domains_records(adata).items() if isinstance(r.get("params"), dict))
+        runs = sorted(k for k, r in records.items() if isinstance(r.get("params"), dict))
         hint = (
             f"; the runs recorded here are under uns_key={', '.join(map(repr, runs))}"
             if runs
             else "; run semst.tl.domains(adata) first"
         )
         raise KeyError(
-            f"adata.uns[{uns_key!r}] is missing or holds no 'params': recluster reuses a trained embedding and "
-            f"its settings{hint}."
+            f"adata.uns[{uns_key!r}] is missing or is not the record of a semst.tl.domains run: recluster reuses "
+            f"a trained embedding and its settings{hint}."
         )
     return run
 
