@@ -98,6 +98,32 @@ def run_in_tree(src: str, code: str, what: str) -> dict:
     return res
 
 
+def tree_arguments(ap, *, before_required: bool, epochs: int) -> None:
+    """The options of the scripts that compare source trees: ``--before``, ``--after`` (src folders),
+    ``--datasets``, ``--epochs``, ``--rounds``, ``--threads``, ``--out``."""
+    before_help = "src folder of the earlier tree (e.g. a git worktree)"
+    if before_required:
+        ap.add_argument("--before", required=True, help=before_help)
+    else:
+        ap.add_argument("--before", default=None, help=before_help + "; none: the later tree alone")
+    ap.add_argument("--after", default=str(ROOT / "src"), help="src folder of the later tree")
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--epochs", type=int, default=epochs)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="append the JSON records to this file")
+
+
+def alternate(trees: dict[str, str], code: str, what: str, rounds: int) -> dict[str, list[dict]]:
+    """``code`` run ``rounds`` times in each tree (name -> src folder), the trees in turn within every
+    round, each run in a fresh process (:func:`run_in_tree`): ``{name: [result of each round]}``."""
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
+    for _ in range(rounds):
+        for name, src in trees.items():
+            runs[name].append(run_in_tree(src, code, what))
+    return runs
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
     """A markdown table of ``rows`` restricted to ``cols`` (floats rounded)."""
 

@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import DATASETS, append_jsonl, run_in_tree, table  # noqa: E402
+from _common import alternate, append_jsonl, table, tree_arguments  # noqa: E402
 
 CODE = """
 import time, torch
@@ -43,29 +43,15 @@ res = {{"wall_s": wall, "runtime_s": float(run["runtime_s"]), "train_s": float(r
 """
 
 
-def measure(src: str, dataset: str, epochs: int, threads: int) -> dict:
-    return run_in_tree(
-        src, CODE.format(threads=threads, here=str(HERE), dataset=dataset, epochs=epochs), dataset
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--before", default=None, help="src folder of an earlier tree (e.g. a git worktree)")
-    ap.add_argument("--after", default=str(HERE.parent / "src"), help="src folder of the later tree")
-    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=None, help="append the JSON records to this file")
+    tree_arguments(ap, before_required=False, epochs=1)
     args = ap.parse_args()
     trees = {"after": args.after} if args.before is None else {"before": args.before, "after": args.after}
     rows, records = [], []
     for dataset in args.datasets:
-        runs: dict[str, list[dict]] = {name: [] for name in trees}
-        for _ in range(args.rounds):
-            for name, src in trees.items():
-                runs[name].append(measure(src, dataset, args.epochs, args.threads))
+        code = CODE.format(threads=args.threads, here=str(HERE), dataset=dataset, epochs=args.epochs)
+        runs = alternate(trees, code, dataset, args.rounds)
         for name, got in runs.items():
             row = {"dataset": dataset, "tree": name, "src": trees[name]}
             for key in ("wall_s", "runtime_s", "train_s"):

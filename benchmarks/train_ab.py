@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import DATASETS, append_jsonl, run_in_tree, table  # noqa: E402
+from _common import alternate, append_jsonl, table, tree_arguments  # noqa: E402
 
 CODE = """
 import hashlib, statistics, torch
@@ -44,28 +44,14 @@ res = {{"median_s": statistics.median(sec), "src": semst_sc.__file__,
 """
 
 
-def measure(src: str, dataset: str, epochs: int, threads: int) -> dict:
-    return run_in_tree(
-        src, CODE.format(threads=threads, here=str(HERE), dataset=dataset, epochs=epochs), dataset
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--before", required=True, help="src folder of the earlier tree (e.g. a git worktree)")
-    ap.add_argument("--after", default=str(HERE.parent / "src"), help="src folder of the later tree")
-    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=None, help="append the JSON records to this file")
+    tree_arguments(ap, before_required=True, epochs=40)
     args = ap.parse_args()
     rows, records = [], []
     for dataset in args.datasets:
-        runs: dict[str, list[dict]] = {"before": [], "after": []}
-        for _ in range(args.rounds):
-            for name in ("before", "after"):
-                runs[name].append(measure(getattr(args, name), dataset, args.epochs, args.threads))
+        code = CODE.format(threads=args.threads, here=str(HERE), dataset=dataset, epochs=args.epochs)
+        runs = alternate({"before": args.before, "after": args.after}, code, dataset, args.rounds)
         before = statistics.median(r["median_s"] for r in runs["before"])
         after = statistics.median(r["median_s"] for r in runs["after"])
         same = {r["emb_sha1"] for r in runs["before"]} == {r["emb_sha1"] for r in runs["after"]}
